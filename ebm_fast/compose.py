@@ -1,0 +1,293 @@
+"""The composition algebra: concepts combined by conjunction, disjunction and negation.
+
+An expression is a tree whose leaves are :class:`Concept` s (an energy model and an optional
+condition) and whose inner nodes are :class:`And` (weighted sum of energies), :class:`Or`
+(soft-min, ``-T log sum exp(-e/T + beta)``), :class:`Not` (``-alpha * e``) and :class:`Scale`
+(``s * e``). ``energy(x)`` evaluates the composed energy with autograd (the oracle); the samplers
+instead ask each leaf for its energy and input gradient and let the fused step combine them with
+per-sample weights, evaluated from :attr:`Expr.program` (see :mod:`ebm_fast.program`).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["Expr", "Concept", "And", "Or", "Not", "Scale", "leaf_energy_from_output"]
+
+DEFAULT_NOT_ALPHA = 0.01  # the paper's value; the released code uses 0.001
+
+
+def leaf_energy_from_output(out: Tensor, batch: int, where: str = "energy model") -> Tensor:
+    """Reduce a model output of shape ``(B,)``, ``(B, 1)`` or ``(B, k)`` to per-sample energies ``(B,)``."""
+    if not isinstance(out, Tensor):
+        raise TypeError(f"{where} must return a Tensor of shape (B,) or (B, ...), got {type(out).__name__}")
+    if out.dim() == 0 or out.shape[0] != batch:
+        raise ValueError(
+            f"{where} must return energies with batch size {batch} as the first dimension, "
+            f"got shape {tuple(out.shape)}"
+        )
+    return out.reshape(batch, -1).sum(dim=1) if out.dim() > 1 else out
+
+
+class Expr:
+    """Base class of composed energies. Supports ``a & b``, ``a | b``, ``~a`` and ``s * a``."""
+
+    # --- operators -------------------------------------------------------------------------
+    def __and__(self, other: "Expr") -> "And":
+        return And(self, _as_expr(other))
+
+    def __or__(self, other: "Expr") -> "Or":
+        return Or(self, _as_expr(other))
+
+    def __invert__(self) -> "Not":
+        return Not(self)
+
+    def __mul__(self, s: float) -> "Scale":
+        if not isinstance(s, numbers.Real) or isinstance(s, bool):
+            return NotImplemented
+        return Scale(self, float(s))
+
+    __rmul__ = __mul__
+
+    def __neg__(self) -> "Scale":
+        return Scale(self, -1.0)
+
+    # --- structure ---------------------------------------------------------------------------
+    def children(self) -> tuple["Expr", ...]:
+        return ()
+
+    def leaves(self) -> list["Concept"]:
+        """Leaves depth-first, left to right, one entry per occurrence."""
+        out: list[Concept] = []
+        self._collect_leaves(out)
+        return out
+
+    def _collect_leaves(self, out: list["Concept"]) -> None:
+        for c in self.children():
+            c._collect_leaves(out)
+
+    # --- evaluation ----------------------------------------------------------------------------
+    def energy(self, x: Tensor) -> Tensor:
+        """Composed energy ``(B,)`` of ``x`` ``(B, ...)``, differentiable with autograd."""
+        return self.combine([leaf.energy(x) for leaf in self.leaves()])
+
+    def combine(self, leaf_energies: Sequence[Tensor]) -> Tensor:
+        """Composed energy from the leaves' energies (one ``(B,)`` tensor per entry of ``leaves()``)."""
+        it = iter(leaf_energies)
+        e = self._combine(it)
+        if next(it, None) is not None:
+            raise ValueError("combine: more leaf energies than leaves")
+        return e
+
+    def _combine(self, it: Iterator[Tensor]) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @property
+    def program(self):
+        """The compiled per-sample encoding of this tree (cached; see :mod:`ebm_fast.program`)."""
+        prog = self.__dict__.get("_program")
+        if prog is None:
+            from .program import compile_expr
+
+            prog = compile_expr(self)
+            self.__dict__["_program"] = prog
+        return prog
+
+    def __repr__(self) -> str:
+        return self._repr()
+
+    def _repr(self) -> str:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def _as_expr(e: Any) -> Expr:
+    if not isinstance(e, Expr):
+        raise TypeError(f"expected an ebm_fast expression (Concept, And, Or, Not, Scale), got {type(e).__name__}")
+    return e
+
+
+class Concept(Expr):
+    """A leaf: ``E(x) = model(x, cond)`` (or ``model(x)`` when ``cond`` is None).
+
+    Args:
+        model: callable ``(x, cond) -> energies`` (or ``x -> energies``) returning ``(B,)``,
+            ``(B, 1)`` or ``(B, k)``; the leaf energy sums every dimension after the batch one.
+        cond: the condition. By default it is *shared*: a number, a sequence or a tensor without a
+            batch dimension (a one-hot ``(C,)``, a position ``(2,)``) that is broadcast along the batch,
+            so the model sees ``cond`` of shape ``(B, *cond.shape)``.
+        per_sample: if True, ``cond`` already holds one condition per chain, shape ``(B, ...)``,
+            and is passed through unchanged (its first dimension must equal the batch size).
+        name: a label used in messages and reprs.
+    """
+
+    def __init__(self, model: Callable[..., Tensor], cond: Any = None, *, per_sample: bool = False,
+                 name: str | None = None):
+        if not callable(model):
+            raise TypeError(f"Concept: model must be callable, got {type(model).__name__}")
+        if per_sample and cond is None:
+            raise ValueError("Concept: per_sample=True needs a condition of shape (B, ...), got None")
+        self.model = model
+        self.per_sample = bool(per_sample)
+        if cond is not None and not isinstance(cond, Tensor):
+            cond = torch.as_tensor(cond)
+            if cond.is_floating_point():
+                cond = cond.to(torch.get_default_dtype())
+        self.cond: Tensor | None = cond
+        self.name = name
+
+    def _collect_leaves(self, out: list["Concept"]) -> None:
+        out.append(self)
+
+    def batched_cond(self, batch: int, device: torch.device) -> Tensor | None:
+        """The condition as the model sees it: ``(batch, *cond_shape)`` on ``device``, or None."""
+        c = self.cond
+        if c is None:
+            return None
+        c = c.to(device)
+        if self.per_sample:
+            if c.dim() == 0 or c.shape[0] != batch:
+                raise ValueError(
+                    f"{self._repr()}: per-sample condition must have batch size {batch} as its first "
+                    f"dimension, got shape {tuple(c.shape)}"
+                )
+            return c
+        return c.unsqueeze(0).expand(batch, *c.shape)
+
+    def energy(self, x: Tensor) -> Tensor:
+        c = self.batched_cond(x.shape[0], x.device)
+        out = self.model(x) if c is None else self.model(x, c)
+        return leaf_energy_from_output(out, x.shape[0], self._repr())
+
+    def _combine(self, it: Iterator[Tensor]) -> Tensor:
+        try:
+            return next(it)
+        except StopIteration:
+            raise ValueError("combine: fewer leaf energies than leaves") from None
+
+    def _repr(self) -> str:
+        if self.name:
+            return self.name
+        m = getattr(self.model, "__name__", type(self.model).__name__)
+        if self.cond is None:
+            return f"Concept({m})"
+        if self.per_sample:
+            return f"Concept({m}, per-sample cond {tuple(self.cond.shape)})"
+        c = self.cond.tolist() if self.cond.numel() <= 6 else f"<{tuple(self.cond.shape)}>"
+        return f"Concept({m}, {c})"
+
+
+class And(Expr):
+    """Conjunction: ``e = sum_j c_j e_j`` (product of experts). ``coefs`` default to 1."""
+
+    def __init__(self, *terms: Expr, coefs: Sequence[float] | None = None):
+        if len(terms) == 1 and isinstance(terms[0], (list, tuple)):
+            terms = tuple(terms[0])
+        if not terms:
+            raise ValueError("And needs at least one term")
+        self.terms = tuple(_as_expr(t) for t in terms)
+        self.coefs = tuple(float(c) for c in coefs) if coefs is not None else (1.0,) * len(self.terms)
+        if len(self.coefs) != len(self.terms):
+            raise ValueError(f"And: {len(self.terms)} terms but {len(self.coefs)} coefs")
+
+    def children(self) -> tuple[Expr, ...]:
+        return self.terms
+
+    def _combine(self, it: Iterator[Tensor]) -> Tensor:
+        total = None
+        for c, t in zip(self.coefs, self.terms):
+            e = t._combine(it)
+            e = e if c == 1.0 else c * e
+            total = e if total is None else total + e
+        return total
+
+    def _repr(self) -> str:
+        parts = [t._repr() if c == 1.0 else f"{c:g}*{t._repr()}" for c, t in zip(self.coefs, self.terms)]
+        return "(" + " & ".join(parts) + ")"
+
+
+class Or(Expr):
+    """Disjunction: ``e = -T log sum_j exp(-e_j / T + beta_j)`` (a mixture of the terms).
+
+    Args:
+        temperature: ``T`` > 0 (paper: 1; released code: 0.01).
+        log_weights: ``beta_j``, the log mixture weights (default 0 for every term).
+    """
+
+    def __init__(self, *terms: Expr, temperature: float = 1.0, log_weights: Sequence[float] | None = None):
+        if len(terms) == 1 and isinstance(terms[0], (list, tuple)):
+            terms = tuple(terms[0])
+        if not terms:
+            raise ValueError("Or needs at least one term")
+        self.terms = tuple(_as_expr(t) for t in terms)
+        self.temperature = float(temperature)
+        if not (self.temperature > 0.0) or self.temperature == float("inf"):
+            raise ValueError(f"Or: temperature must be a finite positive number, got {temperature}")
+        self.log_weights = (
+            tuple(float(b) for b in log_weights) if log_weights is not None else (0.0,) * len(self.terms)
+        )
+        if len(self.log_weights) != len(self.terms):
+            raise ValueError(f"Or: {len(self.terms)} terms but {len(self.log_weights)} log_weights")
+        if not all(math.isfinite(b) for b in self.log_weights):
+            raise ValueError(f"Or: log_weights must be finite numbers, got {self.log_weights}")
+
+    def children(self) -> tuple[Expr, ...]:
+        return self.terms
+
+    def _combine(self, it: Iterator[Tensor]) -> Tensor:
+        t = self.temperature
+        z = torch.stack([-term._combine(it) / t + b for term, b in zip(self.terms, self.log_weights)])
+        return -t * torch.logsumexp(z, dim=0)
+
+    def _repr(self) -> str:
+        s = " | ".join(t._repr() for t in self.terms)
+        extra = f", T={self.temperature:g}" if self.temperature != 1.0 else ""
+        if any(self.log_weights):
+            extra += f", beta={list(self.log_weights)}"
+        return f"Or({s}{extra})" if extra else f"({s})"
+
+
+class Not(Expr):
+    """Negation: contributes ``-alpha * e`` (meant to sit inside an :class:`And`).
+
+    ``alpha`` defaults to 0.01 (the paper); the released code uses 0.001.
+    """
+
+    def __init__(self, term: Expr, alpha: float = DEFAULT_NOT_ALPHA):
+        self.term = _as_expr(term)
+        self.alpha = float(alpha)
+        if not (self.alpha > 0.0) or self.alpha == float("inf"):
+            raise ValueError(f"Not: alpha must be a finite positive number, got {alpha}")
+
+    def children(self) -> tuple[Expr, ...]:
+        return (self.term,)
+
+    def _combine(self, it: Iterator[Tensor]) -> Tensor:
+        return -self.alpha * self.term._combine(it)
+
+    def _repr(self) -> str:
+        a = "" if self.alpha == DEFAULT_NOT_ALPHA else f"[{self.alpha:g}]"
+        return f"~{a}{self.term._repr()}"
+
+
+class Scale(Expr):
+    """``s * e``: a scalar multiple of an energy (``s * a`` or ``a * s``)."""
+
+    def __init__(self, term: Expr, scale: float):
+        self.term = _as_expr(term)
+        self.scale = float(scale)
+        if self.scale != self.scale or abs(self.scale) == float("inf"):
+            raise ValueError(f"Scale: the factor must be finite, got {scale}")
+
+    def children(self) -> tuple[Expr, ...]:
+        return (self.term,)
+
+    def _combine(self, it: Iterator[Tensor]) -> Tensor:
+        return self.scale * self.term._combine(it)
+
+    def _repr(self) -> str:
+        return f"{self.scale:g}*{self.term._repr()}"

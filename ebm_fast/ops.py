@@ -1,0 +1,269 @@
+"""``langevin_step``: the one place that validates inputs and chooses a backend for the fused step.
+
+Backends (all compute SPEC §3 with the noise of SPEC §4, within 1e-5 relative error in fp32):
+
+========== ===================================== ==========================================
+name       where                                 implementation
+========== ===================================== ==========================================
+``torch``  any device                            :mod:`ebm_fast.step_reference` (the reference)
+``cpu``    CPU tensors                           C++/OpenMP in ``csrc/`` (``ebm_fast._C``)
+``cuda``   CUDA tensors                          CUDA C++ in ``csrc/`` (``ebm_fast._C``)
+``triton`` CUDA tensors (CPU under the            ``kernels/langevin_step.py`` (``ebm_fast.kernels``)
+           interpreter, ``TRITON_INTERPRET=1``)
+========== ===================================== ==========================================
+
+``backend="auto"`` picks Triton, then the CUDA extension, then torch for CUDA tensors, and the C++
+kernel, then torch for CPU tensors; a backend named explicitly that is not available raises with the
+command that builds it.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from . import _native
+from .compose import Expr
+from .step_reference import ORDERS, langevin_step_torch
+
+__all__ = ["langevin_step", "available_backends", "resolve_backend", "BACKENDS", "new_flag"]
+
+BACKENDS = ("auto", "torch", "cpu", "cuda", "triton")
+STATE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_usable_on(device_type: str) -> bool:
+    if device_type == "cpu":
+        import os
+
+        if os.environ.get("TRITON_INTERPRET", "0") != "1":
+            return False
+    try:
+        from .kernels import langevin_step as _k  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def available_backends(device: torch.device | str = "cpu") -> list[str]:
+    """The backends that can run a step on tensors of ``device``."""
+    dev = torch.device(device)
+    out = ["torch"]
+    if dev.type == "cpu" and _native.load(warn=False) is not None:
+        out.append("cpu")
+    if dev.type == "cuda" and _native.cuda_available():
+        out.append("cuda")
+    if dev.type in ("cpu", "cuda") and _triton_usable_on(dev.type):
+        out.append("triton")
+    return out
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """Turn ``"auto"`` into a concrete backend for ``device``; check an explicit one exists."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        if device.type == "cuda":
+            if _triton_usable_on("cuda"):
+                return "triton"
+            return "cuda" if _native.cuda_available() else "torch"
+        if device.type == "cpu":
+            return "cpu" if _native.load() is not None else "torch"
+        return "torch"
+    if backend == "torch":
+        return backend
+    if backend == "cpu":
+        if device.type != "cpu":
+            raise ValueError(f"backend='cpu' needs CPU tensors, got tensors on {device}")
+        if _native.load(warn=False) is None:
+            raise _native.missing_error("cpu")
+    elif backend == "cuda":
+        if device.type != "cuda":
+            raise ValueError(f"backend='cuda' needs CUDA tensors, got tensors on {device}")
+        if not _native.cuda_available():
+            raise _native.missing_error("cuda")
+    elif backend == "triton":
+        if not _triton_usable_on(device.type):
+            raise RuntimeError(
+                f"backend='triton' is not usable on {device.type} tensors: it needs triton installed "
+                "(pip install triton) and a CUDA device, or TRITON_INTERPRET=1 set before triton is "
+                "first imported to run the kernel on the CPU through Triton's interpreter"
+            )
+    return backend
+
+
+def _step_fn(backend: str) -> Callable[..., None]:
+    if backend == "torch":
+        return langevin_step_torch
+    if backend == "cpu":
+        return _native.step_cpu
+    if backend == "cuda":
+        return _native.step_cuda
+    from .kernels.langevin_step import langevin_step_triton
+
+    return langevin_step_triton
+
+
+def new_flag(device: torch.device | str) -> Tensor:
+    """A zeroed non-finite flag ``int32 [2]`` (see :mod:`ebm_fast.step_reference`)."""
+    return torch.zeros(2, dtype=torch.int32, device=device)
+
+
+# ---- validation -----------------------------------------------------------------------------------
+def _stack(name: str, v, device) -> Tensor:
+    if isinstance(v, Tensor):
+        return v
+    if isinstance(v, (list, tuple)) and v and all(isinstance(t, Tensor) for t in v):
+        return torch.stack(list(v))
+    raise TypeError(f"{name} must be a Tensor or a non-empty sequence of Tensors, got {type(v).__name__}")
+
+
+def _scalar_arg(name: str, v, device: torch.device, dtype: torch.dtype, integer: bool):
+    """A Python number, or a 0-dim / 1-element tensor on ``device`` (a schedule entry)."""
+    if isinstance(v, Tensor):
+        if v.numel() != 1:
+            raise ValueError(f"{name} must be a number or a 1-element tensor, got shape {tuple(v.shape)}")
+        if v.device != device:
+            raise ValueError(f"{name} is on {v.device} but x is on {device}")
+        if v.dtype != dtype:
+            raise TypeError(f"{name} must have dtype {dtype} when given as a tensor, got {v.dtype}")
+        return v.reshape(()) if v.is_contiguous() else v.reshape(()).clone()
+    if integer:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise TypeError(f"{name} must be an int or an int64 tensor, got {type(v).__name__}")
+        return v
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TypeError(f"{name} must be a number or a float32 tensor, got {type(v).__name__}")
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {v}")
+    return float(v)
+
+
+def langevin_step(x: Tensor, grads, energies, expr: Expr, *, step_size, noise, seed: int | Tensor,
+                  step: int | Tensor, order: str = "ula", grad_clip: float | None = None,
+                  clamp: tuple[float, float] | None = None, backend: str = "auto",
+                  out: Tensor | None = None, flag: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """One fused Langevin step on a composed expression (SPEC §3).
+
+    Args:
+        x: state ``[B, ...]`` (``[B, D]`` or images ``[B, C, H, W]``), float32/float16/bfloat16/float64;
+            arithmetic is fp32.
+        grads: leaf input-gradients ``[N, B, ...]`` (or a sequence of N ``[B, ...]``), dtype of x;
+            ``grads[i]`` belongs to ``expr.leaves()[i]``.
+        energies: leaf energies ``[N, B]`` (or a sequence of N ``[B]``), any float dtype.
+        expr: the composed expression (its compiled program gives the per-sample weights).
+        step_size: ``eta``; a number or a 1-element float32 tensor on x's device.
+        noise: ``sigma``; likewise.
+        seed, step: the RNG state of SPEC §4; ints or 1-element int64 tensors on x's device.
+        order: ``"ula"`` (``x' = clamp(x - eta g + sigma xi)``) or ``"noise_first"``
+            (``x' = clamp(x - eta g) + sigma xi``, the released code's order).
+        grad_clip: if given, ``g`` is clamped element-wise to ``[-grad_clip, grad_clip]``.
+        clamp: ``(lo, hi)`` or None.
+        backend: ``"auto"``, ``"torch"``, ``"cpu"``, ``"cuda"`` or ``"triton"``.
+        out: where to write ``x'`` (``out=x`` updates in place); default a new tensor.
+        flag: an ``int32 [2]`` tensor from :func:`new_flag` that records non-finite values
+            (bit i of ``flag[0]``: leaf i; ``flag[1]``: the new state). Never read here (no sync).
+
+    Returns:
+        ``(x_new, energy)``: the new state (x's shape and dtype) and the composed energy at ``x``,
+        float32 ``[B]``.
+    """
+    if not isinstance(expr, Expr):
+        raise TypeError(f"expr must be an ebm_fast expression, got {type(expr).__name__}")
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a Tensor, got {type(x).__name__}")
+    if x.dtype not in STATE_DTYPES:
+        raise TypeError(f"x must have a floating dtype in {STATE_DTYPES}, got {x.dtype}")
+    if x.dim() < 2:
+        raise ValueError(f"x must have shape [B, D] or [B, ...], got {tuple(x.shape)}")
+    device = x.device
+    program = expr.program
+    program.check_integrable()
+    n = program.num_leaves
+    grads = _stack("grads", grads, device)
+    energies = _stack("energies", energies, device)
+    batch = x.shape[0]
+    if grads.dim() < 1 or grads.shape[0] != n:
+        raise ValueError(
+            f"grads must have a leading size of {n} (len(expr.leaves())), got shape {tuple(grads.shape)}")
+    if tuple(grads.shape[1:]) != tuple(x.shape):
+        raise ValueError(f"grads must have shape [N, *x.shape] = {[n, *x.shape]}, got {list(grads.shape)}")
+    if tuple(energies.shape) != (n, batch):
+        if energies.dim() == 3 and energies.shape[2] == 1 and tuple(energies.shape[:2]) == (n, batch):
+            energies = energies[..., 0]
+        else:
+            raise ValueError(f"energies must have shape [N, B] = {[n, batch]}, got {list(energies.shape)}")
+    for name, t in (("grads", grads), ("energies", energies)):
+        if t.device != device:
+            raise ValueError(f"{name} is on {t.device} but x is on {device}")
+    if grads.dtype != x.dtype:
+        raise TypeError(f"grads dtype {grads.dtype} does not match x dtype {x.dtype}")
+    if not energies.is_floating_point():
+        raise TypeError(f"energies must be floating point, got {energies.dtype}")
+    if order not in ORDERS:
+        raise ValueError(f"order must be 'ula' or 'noise_first', got {order!r}")
+    if grad_clip is not None:
+        grad_clip = float(grad_clip)
+        if not grad_clip > 0 or not math.isfinite(grad_clip):
+            raise ValueError(f"grad_clip must be a finite positive number or None, got {grad_clip}")
+    if clamp is not None:
+        if len(clamp) != 2 or not float(clamp[0]) < float(clamp[1]):
+            raise ValueError(f"clamp must be (lo, hi) with lo < hi, got {clamp}")
+        clamp = (float(clamp[0]), float(clamp[1]))
+    step_size = _scalar_arg("step_size", step_size, device, torch.float32, integer=False)
+    noise = _scalar_arg("noise", noise, device, torch.float32, integer=False)
+    seed = _scalar_arg("seed", seed, device, torch.int64, integer=True)
+    step = _scalar_arg("step", step, device, torch.int64, integer=True)
+    if isinstance(step, int) and step < 0:
+        raise ValueError(f"step must be >= 0, got {step}")
+    if out is not None:
+        if out.shape != x.shape or out.dtype != x.dtype or out.device != device:
+            raise ValueError(
+                f"out must match x (shape {tuple(x.shape)}, {x.dtype}, {device}), got "
+                f"({tuple(out.shape)}, {out.dtype}, {out.device})")
+    if flag is None:
+        flag = new_flag(device)
+    elif flag.shape != (2,) or flag.dtype != torch.int32 or flag.device != device:
+        raise ValueError(f"flag must be an int32 tensor of shape (2,) on {device}, got "
+                         f"{flag.dtype} {tuple(flag.shape)} on {flag.device}")
+
+    name = resolve_backend(backend, device)
+    # Flatten to the kernels' layout: rows with unit inner stride; fp64 runs as fp32.
+    work_dtype = torch.float32 if x.dtype == torch.float64 else x.dtype
+    x2 = _flatten(x.detach().to(work_dtype), 1)
+    g3 = _flatten(grads.detach().to(work_dtype), 2)
+    e2 = energies.detach().to(torch.float32).contiguous()
+    result = out if out is not None else torch.empty_like(x)
+    out2 = _flat_view(result, 1) if result.dtype == work_dtype else None
+    direct = out2 is not None
+    if not direct:
+        out2 = torch.empty_like(x2)
+    energy_out = torch.empty(batch, dtype=torch.float32, device=device)
+    with torch.no_grad():
+        _step_fn(name)(x2, g3, e2, program.on(device), step_size=step_size, noise=noise, seed=seed,
+                       step=step, order=ORDERS[order], grad_clip=grad_clip, clamp=clamp, out=out2,
+                       energy_out=energy_out, flag=flag)
+    if not direct:
+        with torch.no_grad():
+            result.copy_(out2.view(x.shape))
+    return result, energy_out
+
+
+def _flat_view(t: Tensor, lead: int) -> Tensor | None:
+    """``t`` viewed as ``[*t.shape[:lead], rest]`` with unit inner stride, or None if no such view."""
+    try:
+        f = t.view(*t.shape[:lead], math.prod(t.shape[lead:]))
+    except RuntimeError:
+        return None
+    return f if f.shape[-1] <= 1 or f.stride(-1) == 1 else None
+
+
+def _flatten(t: Tensor, lead: int) -> Tensor:
+    """``t`` as ``[*t.shape[:lead], rest]`` with unit inner stride (a view when possible)."""
+    f = _flat_view(t, lead)
+    return f if f is not None else t.contiguous().view(*t.shape[:lead], math.prod(t.shape[lead:]))

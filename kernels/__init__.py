@@ -1,0 +1,1 @@
+"""Triton kernels of ebm_fast, shipped as ``ebm_fast.kernels`` (source folder ``kernels/``)."""

@@ -1,0 +1,12 @@
+"""Test configuration: Triton runs through its interpreter on machines without a GPU.
+
+TRITON_INTERPRET must be set before triton is first imported, so it is set here, at collection.
+"""
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("MUJOCO_GL", "egl")

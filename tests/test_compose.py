@@ -1,0 +1,140 @@
+"""The composition algebra and its compiled program against float64 autograd of the composed energy."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import ebm_fast as ef
+from ebm_fast.program import LEAF, LSE, MAX_LEAVES, SUM
+
+from support import expressions, leaf, oracle_weights
+
+
+class Quadratic(torch.nn.Module):
+    """E(x | c) = 0.5 * |x - c|^2 * scale, returned with a trailing dim to exercise the reduction."""
+
+    def __init__(self, shape_out: str = "b1"):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.rand(()) + 0.5)
+        self.shape_out = shape_out
+
+    def forward(self, x, c):
+        e = 0.5 * self.scale * ((x - c) ** 2)  # (B, D)
+        if self.shape_out == "b":
+            return e.sum(1)
+        if self.shape_out == "b1":
+            return e.sum(1, keepdim=True)
+        return e  # (B, k): the leaf energy sums it
+
+
+def test_operators_build_the_documented_nodes():
+    a, b, c = leaf(0), leaf(1), leaf(2)
+    e = a & b | ~c
+    assert isinstance(e, ef.Or) and isinstance(e.terms[0], ef.And) and isinstance(e.terms[1], ef.Not)
+    assert e.terms[1].alpha == 0.01
+    s = 2.0 * a
+    assert isinstance(s, ef.Scale) and s.scale == 2.0 and (a * 3).scale == 3.0
+    assert e.leaves() == [a, b, c]
+    assert (a & a).leaves() == [a, a]  # one entry per occurrence
+
+
+@settings(max_examples=60, deadline=None)
+@given(expr=expressions(), batch=st.integers(1, 5), data=st.data())
+def test_program_weights_and_energy_match_autograd(expr, batch, data):
+    n = len(expr.leaves())
+    seed = data.draw(st.integers(0, 2**31 - 1))
+    gen = torch.Generator().manual_seed(seed)
+    energies = torch.randn(n, batch, generator=gen, dtype=torch.float64) * 2
+    w, e = expr.program.weights_and_energy(energies)
+    w_ref, e_ref = oracle_weights(expr, energies)
+    # The table holds coefficients in fp32; 1e-6 relative covers that rounding.
+    torch.testing.assert_close(e, e_ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(w, w_ref, rtol=1e-6, atol=1e-6)
+
+
+def test_program_table_is_post_order_and_flattened():
+    a, b, c, d = (leaf(i) for i in range(4))
+    e = ef.And(ef.And(a, 2.0 * b), ~ef.Or(c, ef.Or(d, c, temperature=1.0)))
+    table = e.program.table
+    kinds = table[:, 0].tolist()
+    parents = table[:, 2].long().tolist()
+    assert parents[-1] == -1
+    assert all(p > i for i, p in enumerate(parents[:-1]))  # every child before its parent
+    # the nested Ands and the Not collapse into one SUM, the same-temperature Ors into one LSE
+    assert kinds.count(SUM) == 1 and kinds.count(LSE) == 1 and kinds.count(LEAF) == 5
+    assert e.program.leaf_signs == (1.0, 2.0, -0.01, -0.01, -0.01)
+
+
+def test_nested_or_of_other_temperature_is_kept():
+    a, b, c = leaf(0), leaf(1), leaf(2)
+    e = ef.Or(ef.Or(a, b, temperature=0.5), c)
+    assert e.program.table[:, 0].tolist().count(LSE) == 2
+
+
+@pytest.mark.parametrize("shape_out", ["b", "b1", "bk"])
+def test_energy_reduces_model_output_and_broadcasts_shared_condition(shape_out):
+    model = Quadratic(shape_out)
+    x = torch.randn(6, 3)
+    c1, c2 = torch.randn(3), torch.randn(3)
+    e = ef.Concept(model, c1) & ~ef.Concept(model, c2.tolist())
+    expect = 0.5 * model.scale * (((x - c1) ** 2).sum(1) - 0.01 * ((x - c2) ** 2).sum(1))
+    torch.testing.assert_close(e.energy(x), expect)
+
+
+def test_per_sample_condition_is_passed_through():
+    model = Quadratic()
+    x = torch.randn(5, 2)
+    conds = torch.randn(5, 2)
+    e = ef.Concept(model, conds, per_sample=True)
+    torch.testing.assert_close(e.energy(x), 0.5 * model.scale * ((x - conds) ** 2).sum(1))
+    with pytest.raises(ValueError, match="batch size 4"):
+        e.energy(torch.randn(4, 2))
+
+
+def test_energy_is_differentiable_and_matches_disjunction_formula():
+    model = Quadratic()
+    x = torch.randn(4, 2, requires_grad=True)
+    a, b = ef.Concept(model, torch.randn(2)), ef.Concept(model, torch.randn(2))
+    e = ef.Or(a, b, temperature=0.3, log_weights=[0.2, -0.4])
+    ea, eb = a.energy(x), b.energy(x)
+    expect = -0.3 * torch.logsumexp(torch.stack([-ea / 0.3 + 0.2, -eb / 0.3 - 0.4]), 0)
+    torch.testing.assert_close(e.energy(x), expect)
+    (g,) = torch.autograd.grad(e.energy(x).sum(), x)
+    assert torch.isfinite(g).all() and g.abs().sum() > 0
+
+
+def test_non_integrable_expression_raises_on_sampling_check():
+    a, b = leaf(0), leaf(1)
+    with pytest.raises(ValueError, match="no normalisable distribution"):
+        (~a).program.check_integrable()
+    with pytest.raises(ValueError, match="no normalisable distribution"):
+        (~a & -2.0 * b).program.check_integrable()
+    (b & ~a).program.check_integrable()  # a positive term makes it integrable
+
+
+def test_bad_construction_raises_clear_errors():
+    a = leaf(0)
+    with pytest.raises(ValueError, match="temperature"):
+        ef.Or(a, a, temperature=0.0)
+    with pytest.raises(ValueError, match="log_weights"):
+        ef.Or(a, a, log_weights=[0.0])
+    with pytest.raises(ValueError, match="alpha"):
+        ef.Not(a, alpha=-1.0)
+    with pytest.raises(ValueError, match="coefs"):
+        ef.And(a, a, coefs=[1.0])
+    with pytest.raises(TypeError, match="expression"):
+        a & 3
+    with pytest.raises(TypeError, match="callable"):
+        ef.Concept(42)
+    with pytest.raises(ValueError, match="too large"):
+        ef.And(*[leaf(i) for i in range(MAX_LEAVES + 1)]).program
+    with pytest.raises(ValueError, match="shape"):
+        ef.Concept(lambda x: x.sum()).energy(torch.randn(3, 2))
+
+
+def test_program_is_cached_on_the_expression():
+    e = leaf(0) & leaf(1)
+    assert e.program is e.program
