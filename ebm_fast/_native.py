@@ -107,7 +107,7 @@ def step_cpu(x: Tensor, grads: Tensor, energies: Tensor, table: Tensor, **kw) ->
     m = load()
     if m is None:
         raise missing_error("cpu")
-    if x.numel() == 0:
+    if x.shape[0] == 0:  # nothing to write; D = 0 still writes energy_out
         return
     m.langevin_step_cpu(*_args(x, grads, energies, table, **kw))
 
@@ -116,7 +116,7 @@ def step_cuda(x: Tensor, grads: Tensor, energies: Tensor, table: Tensor, **kw) -
     m = load()
     if m is None or not getattr(m, "has_cuda", False):
         raise missing_error("cuda")
-    if x.numel() == 0:
+    if x.shape[0] == 0:  # nothing to write; D = 0 still writes energy_out
         return
     stream = torch.cuda.current_stream(x.device).cuda_stream
     m.langevin_step_cuda(*_args(x, grads, energies, table, **kw), stream)

@@ -5,7 +5,9 @@ TRITON_INTERPRET must be set before triton is first imported, so it is set here,
 
 import os
 
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see ebm_fast/__init__.py: spinning threads starve
+
+import torch  # noqa: E402
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
