@@ -1,0 +1,212 @@
+"""Concept inference with a trained conditional EBM: ``c* = argmin_c sum_i E(x_i | c)`` (paper eq. 11-12).
+
+Three tools, from coarse to fine:
+
+* :func:`grid_energies` / :func:`infer_grid` evaluate every (image, candidate condition) pair of a
+  candidate grid in batched forward passes, chunked to a memory budget, and return the full energy
+  table and its argmin. Observations of one concept (several views, sizes or lights of the same
+  object) are passed as ``images`` of shape ``(B, V, ...)``; their energies add.
+* :func:`refine` improves continuous conditions by gradient descent (or Langevin dynamics) on ``c``
+  inside box bounds, started from the best grid point.
+* :func:`energy_map` / :func:`energy_map_image` give the energy over a 2-D grid of conditions (e.g.
+  positions) as an array and as a picture (the paper's Fig. 12).
+
+Models are ``model(x, cond) -> energies`` of shape ``(B,)``, ``(B, 1)`` or ``(B, k)`` (summed), as
+everywhere in ebm_fast. Inference never computes parameter gradients.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from .compose import leaf_energy_from_output
+
+__all__ = ["InferResult", "grid_energies", "infer_grid", "refine", "position_grid", "energy_map",
+           "energy_map_image"]
+
+DEFAULT_BUDGET_BYTES = 256 * 2**20
+
+
+@dataclass
+class InferResult:
+    """``cond`` ``(B, C)`` the inferred conditions; ``index`` ``(B,)`` their rows in the candidate grid
+    (-1 after :func:`refine`); ``energy`` ``(B,)`` the summed energy at ``cond``; ``energies``
+    ``(B, K)`` the full table over candidates (None after :func:`refine`)."""
+
+    cond: Tensor
+    index: Tensor
+    energy: Tensor
+    energies: Tensor | None
+
+
+def _rows_per_chunk(image_numel: int, element_size: int, budget_bytes: int, activation_factor: float) -> int:
+    per_row = max(1, int(image_numel * element_size * activation_factor))
+    return max(1, budget_bytes // per_row)
+
+
+def grid_energies(model: Callable[[Tensor, Tensor], Tensor], images: Tensor, candidates: Tensor, *,
+                  views: bool = False, budget_bytes: int = DEFAULT_BUDGET_BYTES,
+                  activation_factor: float = 64.0) -> Tensor:
+    """Energies of every (image, candidate) pair, summed over views: ``(B, K)``.
+
+    Args:
+        model: ``(x, cond) -> energies``.
+        images: ``(B, *image_shape)``, or ``(B, V, *image_shape)`` with ``views=True`` (V observations
+            of one concept each; their energies add, eq. 12).
+        candidates: ``(K, *cond_shape)`` candidate conditions, shared by every image.
+        budget_bytes: rows per forward pass are chosen so that ``rows * image bytes *
+            activation_factor`` stays under this (default 256 MiB); ``activation_factor`` estimates
+            the network's activation memory per input byte.
+
+    Returns:
+        float32 ``(B, K)``.
+    """
+    if not isinstance(images, Tensor) or not images.is_floating_point():
+        raise TypeError(f"images must be a floating-point Tensor, got {getattr(images, 'dtype', type(images))}")
+    if not isinstance(candidates, Tensor) or candidates.dim() < 1 or candidates.shape[0] == 0:
+        raise ValueError(f"candidates must be a Tensor (K, ...) with K >= 1, got "
+                         f"{tuple(candidates.shape) if isinstance(candidates, Tensor) else type(candidates)}")
+    if candidates.device != images.device:
+        raise ValueError(f"candidates are on {candidates.device} but images are on {images.device}")
+    if views:
+        if images.dim() < 3:
+            raise ValueError(f"views=True needs images of shape (B, V, ...), got {tuple(images.shape)}")
+        b, v = images.shape[:2]
+        flat = images.reshape(b * v, *images.shape[2:])
+    else:
+        b, v = images.shape[0], 1
+        flat = images
+    k = candidates.shape[0]
+    rows = _rows_per_chunk(flat[0].numel() if flat.shape[0] else 1, flat.element_size(), budget_bytes,
+                           activation_factor)
+    out = torch.empty(flat.shape[0], k, dtype=torch.float32, device=images.device)
+    # pairs enumerated image-major: pair p = i * K + j  (image i, candidate j)
+    total = flat.shape[0] * k
+    with torch.no_grad():
+        for start in range(0, total, rows):
+            stop = min(total, start + rows)
+            p = torch.arange(start, stop, device=images.device)
+            i, j = p // k, p % k
+            e = leaf_energy_from_output(model(flat[i], candidates[j]), stop - start, "model")
+            out.view(-1)[start:stop] = e.float()
+    return out.view(b, v, k).sum(1)
+
+
+def infer_grid(model, images: Tensor, candidates: Tensor, *, views: bool = False,
+               budget_bytes: int = DEFAULT_BUDGET_BYTES) -> InferResult:
+    """The candidate with the lowest (summed) energy for each image or group of views."""
+    energies = grid_energies(model, images, candidates, views=views, budget_bytes=budget_bytes)
+    if not torch.isfinite(energies).all():
+        bad = (~torch.isfinite(energies)).nonzero()[0].tolist()
+        raise FloatingPointError(f"non-finite energy for image {bad[0]} and candidate {bad[1]}")
+    energy, index = energies.min(dim=1)
+    return InferResult(cond=candidates[index], index=index, energy=energy, energies=energies)
+
+
+def refine(model, images: Tensor, init: Tensor, *, lo: Tensor | float, hi: Tensor | float, steps: int = 50,
+           step_size: float = 0.01, noise: float = 0.0, views: bool = False, seed: int | None = None) -> InferResult:
+    """Gradient descent (``noise=0``) or Langevin dynamics on continuous conditions inside ``[lo, hi]``.
+
+    Args:
+        images: ``(B, ...)`` or ``(B, V, ...)`` with ``views=True``.
+        init: ``(B, C)`` starting conditions, e.g. ``infer_grid(...).cond``.
+        lo, hi: box bounds (numbers or ``(C,)`` tensors).
+        steps, step_size: ``c <- clamp(c - step_size * grad_c E + noise * xi, lo, hi)``.
+        noise: 0 for descent; > 0 for Langevin exploration (the lowest-energy iterate is returned).
+        seed: for the Langevin noise (default: drawn from torch's generator).
+
+    Returns:
+        :class:`InferResult` with the best conditions found (never worse than ``init``).
+    """
+    if init.dim() != 2 or init.shape[0] != images.shape[0]:
+        raise ValueError(f"init must have shape (B, C) with B = {images.shape[0]}, got {tuple(init.shape)}")
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    b = images.shape[0]
+    v = images.shape[1] if views else 1
+    flat = images.reshape(b * v, *images.shape[2:]) if views else images
+    lo_t = torch.as_tensor(lo, dtype=init.dtype, device=init.device)
+    hi_t = torch.as_tensor(hi, dtype=init.dtype, device=init.device)
+    gen = torch.Generator(device=init.device)
+    gen.manual_seed(int(torch.randint(0, 2**62, ()).item()) if seed is None else seed)
+
+    def summed_energy(c: Tensor) -> Tensor:
+        rep = c.repeat_interleave(v, dim=0) if views else c
+        e = leaf_energy_from_output(model(flat, rep), flat.shape[0], "model")
+        return e.view(b, v).sum(1)
+
+    params = [p for p in model.parameters()] if hasattr(model, "parameters") else []
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        c = init.detach().clone().clamp(lo_t, hi_t)
+        with torch.no_grad():
+            best_e = summed_energy(c).float()
+        best_c = c.clone()
+        for _ in range(steps):
+            c.requires_grad_(True)
+            e = summed_energy(c)
+            (g,) = torch.autograd.grad(e.sum(), c)
+            with torch.no_grad():
+                better = e.detach().float() < best_e
+                best_e = torch.where(better, e.detach().float(), best_e)
+                best_c[better] = c.detach()[better]
+                c = c.detach() - step_size * g
+                if noise > 0:
+                    c = c + noise * torch.randn(c.shape, generator=gen, device=c.device, dtype=c.dtype)
+                c = c.clamp(lo_t, hi_t)
+        with torch.no_grad():
+            e = summed_energy(c).float()
+            better = e < best_e
+            best_e = torch.where(better, e, best_e)
+            best_c[better] = c[better]
+    finally:
+        for p, f in zip(params, flags):
+            p.requires_grad_(f)
+    return InferResult(cond=best_c, index=torch.full((b,), -1, device=init.device), energy=best_e, energies=None)
+
+
+def position_grid(resolution: int, lo: float = -1.0, hi: float = 1.0, device=None) -> Tensor:
+    """``(resolution**2, 2)`` positions ``(x, y)`` on a regular grid, row-major in ``y`` then ``x``."""
+    if resolution < 1:
+        raise ValueError(f"resolution must be >= 1, got {resolution}")
+    t = torch.linspace(lo, hi, resolution, device=device)
+    yy, xx = torch.meshgrid(t, t, indexing="ij")
+    return torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=1)
+
+
+def energy_map(model, images: Tensor, resolution: int = 32, *, lo: float = -1.0, hi: float = 1.0,
+               views: bool = False, extra_cond: Tensor | None = None) -> Tensor:
+    """Energy over a ``resolution x resolution`` grid of positions: ``(B, resolution, resolution)``.
+
+    Row ``r`` is ``y = lo + r (hi - lo)/(resolution - 1)``, column ``s`` likewise ``x``. ``extra_cond``
+    ``(C',)`` is appended to every position when the model's condition has more than two entries.
+    """
+    grid = position_grid(resolution, lo, hi, device=images.device)
+    if extra_cond is not None:
+        grid = torch.cat([grid, extra_cond.to(grid).expand(grid.shape[0], -1)], dim=1)
+    return grid_energies(model, images, grid, views=views).view(-1, resolution, resolution)
+
+
+def energy_map_image(energies: Tensor, path: str | None = None, scale: int = 4):
+    """A ``(R, R)`` energy map as a Pillow image of ``exp(-(E - min))`` (bright = likely), y up.
+
+    Saved to ``path`` when given; returns the image.
+    """
+    from PIL import Image
+
+    if energies.dim() != 2:
+        raise ValueError(f"energies must be (R, R), got {tuple(energies.shape)}")
+    e = energies.detach().float().cpu()
+    density = torch.exp(-(e - e.min()))
+    density = density / density.max()
+    pix = (density.flip(0) * 255).round().to(torch.uint8).numpy()
+    img = Image.fromarray(pix, mode="L").resize((pix.shape[1] * scale, pix.shape[0] * scale), Image.NEAREST)
+    if path is not None:
+        img.save(path)
+    return img

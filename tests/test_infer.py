@@ -1,0 +1,99 @@
+"""Concept inference against brute-force loops and closed-form argmins."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ebm_fast import infer
+
+
+class Spot(torch.nn.Module):
+    """A toy position EBM on 'images' that are observed 2-D points: E(x | c) = |x - c|^2 / 2 + 0.1 * sum(c)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.tensor(1.0))
+
+    def forward(self, x, c):
+        return 0.5 * self.w * ((x.flatten(1)[:, :2] - c) ** 2).sum(1, keepdim=True) + 0.1 * c.sum(1, keepdim=True)
+
+
+def _gen():
+    return torch.Generator().manual_seed(int(np.random.default_rng().integers(2**31)))
+
+
+def test_grid_energies_equal_a_brute_force_loop_for_any_chunking():
+    gen = _gen()
+    model = Spot()
+    images = torch.rand(5, 3, 4, generator=gen) * 2 - 1  # (B, *image_shape)
+    cands = infer.position_grid(7)
+    brute = torch.tensor([[model(images[i:i + 1], cands[j:j + 1]).item() for j in range(len(cands))]
+                          for i in range(len(images))])
+    for budget in (1, 1000, 2**30):  # one row per pass, a few, everything at once
+        torch.testing.assert_close(infer.grid_energies(model, images, cands, budget_bytes=budget), brute)
+
+
+def test_grid_argmin_and_views_sum():
+    gen = _gen()
+    model = Spot()
+    truth = torch.rand(4, 2, generator=gen) * 1.6 - 0.8
+    views = truth[:, None, :] + 0.05 * torch.randn(4, 6, 2, generator=gen)  # (B, V, 2)
+    cands = infer.position_grid(41)
+    res = infer.infer_grid(model, views, cands, views=True)
+    # closed form of argmin_c sum_v E, per axis: sum_v (c - x_v) + 0.1 V = 0, so c = mean - 0.1
+    expect = views.mean(1) - 0.1
+    assert (res.cond - expect).abs().max() <= 1.0 / 40 + 1e-6  # within half a grid cell per axis (+ rounding)
+    torch.testing.assert_close(res.energy, res.energies.min(1).values)
+    single = infer.infer_grid(model, views[:, 0], cands)
+    assert single.energies.shape == (4, len(cands))
+
+
+def test_refine_reaches_the_continuous_argmin_and_respects_bounds():
+    gen = _gen()
+    model = Spot()
+    truth = torch.rand(6, 2, generator=gen) * 1.2 - 0.6
+    start = infer.infer_grid(model, truth, infer.position_grid(5))
+    res = infer.refine(model, truth, start.cond, lo=-1.0, hi=1.0, steps=200, step_size=0.1)
+    torch.testing.assert_close(res.cond, truth - 0.1, rtol=0, atol=1e-3)
+    assert (res.energy <= start.energy + 1e-6).all()
+    # an argmin outside the box ends on the box
+    far = torch.full((2, 2), 3.0)
+    res = infer.refine(model, far, torch.zeros(2, 2), lo=-1.0, hi=1.0, steps=100, step_size=0.2)
+    torch.testing.assert_close(res.cond, torch.ones(2, 2))
+    assert model.w.requires_grad  # the caller's flags are restored
+
+
+def test_langevin_refine_never_returns_worse_than_its_start():
+    gen = _gen()
+    model = Spot()
+    x = torch.rand(8, 2, generator=gen) - 0.5
+    init = torch.rand(8, 2, generator=gen) - 0.5
+    e0 = infer.grid_energies(model, x, init).diagonal()
+    res = infer.refine(model, x, init, lo=-1, hi=1, steps=30, step_size=0.05, noise=0.05, seed=3)
+    assert (res.energy <= e0 + 1e-6).all()
+
+
+def test_energy_map_layout_and_image(tmp_path):
+    model = Spot()
+    x = torch.tensor([[0.5, -0.25]])
+    m = infer.energy_map(model, x, resolution=9)
+    assert m.shape == (1, 9, 9)
+    r, s = divmod(int(m[0].argmin()), 9)
+    # rows are y, columns x: the minimum sits at (x, y) = (0.5 - 0.1, -0.25 - 0.1) rounded to the grid
+    assert abs(-1 + s * 0.25 - 0.4) <= 0.125 and abs(-1 + r * 0.25 - (-0.35)) <= 0.125
+    img = infer.energy_map_image(m[0], str(tmp_path / "map.png"))
+    assert img.size == (36, 36) and (tmp_path / "map.png").exists()
+
+
+def test_bad_inputs():
+    model = Spot()
+    with pytest.raises(ValueError, match="candidates"):
+        infer.grid_energies(model, torch.rand(2, 2), torch.empty(0, 2))
+    with pytest.raises(TypeError, match="floating-point"):
+        infer.grid_energies(model, torch.ones(2, 2, dtype=torch.long), torch.rand(3, 2))
+    with pytest.raises(ValueError, match="views=True"):
+        infer.grid_energies(model, torch.rand(2), torch.rand(3, 2), views=True)
+    with pytest.raises(ValueError, match="init must have shape"):
+        infer.refine(model, torch.rand(2, 2), torch.rand(3, 2), lo=-1, hi=1)

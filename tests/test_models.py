@@ -1,0 +1,154 @@
+"""The conditional ResNet energies: shapes, per-sample energies, conditioning, spectral norm, reloading."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import ebm_fast as ef
+from ebm_fast.models import (MODEL_CONFIGS, EnergyResNet, build_model, count_parameters, load_model,
+                             model_from_config, save_model)
+
+
+def _randomise_film(model: EnergyResNet, gen: torch.Generator) -> None:
+    """FiLM layers start at the identity; give them weights so the condition matters."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "film" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+
+
+@pytest.mark.parametrize("name", ["tiny", "small32", "scenes64"])
+@pytest.mark.parametrize("cond", [("onehot", 3), ("continuous", 2), ("none", 0)])
+def test_forward_shape_and_finite(name, cond):
+    cond_type, cond_dim = cond
+    torch.manual_seed(1)
+    model = build_model(name, cond_dim, cond_type)
+    r = MODEL_CONFIGS[name]["resolution"]
+    x = torch.rand(3, 3, r, r)
+    c = {"onehot": torch.tensor([0, 2, 1]), "continuous": torch.rand(3, 2) * 2 - 1, "none": None}[cond_type]
+    e = model(x, c)
+    assert e.shape == (3,)
+    assert torch.isfinite(e).all()
+
+
+def test_faces128_architecture():
+    model = build_model("faces128", 0)
+    assert model.config["widths"] == [64, 128, 256, 512, 1024] and model.pool == "sum"
+    # 64x64 input: the same network (global sum pool) -- a 128x128 forward costs seconds on 2 cores
+    e = model.eval()(torch.rand(1, 3, 64, 64))
+    assert e.shape == (1,) and torch.isfinite(e).all()
+
+
+def test_energies_are_per_sample():
+    """No BatchNorm: a sample's energy does not depend on the rest of the batch."""
+    gen = torch.Generator().manual_seed(2)
+    model = build_model("tiny", 2, "continuous").eval()
+    _randomise_film(model, gen)
+    x = torch.rand(5, 3, 16, 16, generator=gen)
+    c = torch.rand(5, 2, generator=gen)
+    with torch.no_grad():
+        together = model(x, c)
+    alone = torch.cat([model(x[i:i + 1], c[i:i + 1]) for i in range(5)])
+    torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-6)
+    x2 = x.clone()
+    x2[1:] = torch.rand(4, 3, 16, 16, generator=gen)
+    with torch.no_grad():
+        assert model(x2, c)[0] == pytest.approx(float(together[0]), rel=1e-5, abs=1e-6)
+
+
+def test_onehot_indices_equal_onehot_vectors_and_condition_matters():
+    gen = torch.Generator().manual_seed(3)
+    model = build_model("tiny", 4, "onehot").eval()
+    x = torch.rand(4, 3, 16, 16, generator=gen)
+    idx = torch.tensor([3, 0, 2, 1])
+    # FiLM is the identity at initialisation: the condition has no effect yet
+    torch.testing.assert_close(model(x, idx), model(x, torch.tensor([0, 0, 0, 0])))
+    _randomise_film(model, gen)
+    torch.testing.assert_close(model(x, idx), model(x, torch.eye(4)[idx]))
+    assert not torch.allclose(model(x, idx), model(x, (idx + 1) % 4))
+
+
+def test_usable_as_concept_with_shared_and_per_sample_conditions():
+    gen = torch.Generator().manual_seed(4)
+    model = build_model("tiny", 2, "continuous").eval()
+    _randomise_film(model, gen)
+    x = torch.rand(6, 3, 16, 16, generator=gen)
+    pos = torch.tensor([0.3, -0.7])
+    torch.testing.assert_close(ef.Concept(model, pos).energy(x), model(x, pos.expand(6, 2)))
+    per = torch.rand(6, 2, generator=gen)
+    torch.testing.assert_close(ef.Concept(model, per, per_sample=True).energy(x), model(x, per))
+    cls = build_model("tiny", 3, "onehot").eval()
+    _randomise_film(cls, gen)
+    torch.testing.assert_close(ef.Concept(cls, 2).energy(x), cls(x, torch.full((6,), 2)))
+
+
+def test_input_gradient_matches_finite_differences():
+    torch.manual_seed(5)
+    model = build_model("tiny", 2, "continuous").double().eval()
+    _randomise_film(model, torch.Generator().manual_seed(5))
+    x = torch.rand(2, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+    c = torch.rand(2, 2, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda v: model(v, c), (x,), eps=1e-6, atol=1e-6, fast_mode=True)
+
+
+def test_spectral_norm_bounds_every_layer():
+    """After power iterations in train mode, each conv/dense weight has spectral norm ~ 1."""
+    torch.manual_seed(6)
+    model = build_model("tiny", 2, "continuous").train()
+    x, c = torch.rand(4, 3, 16, 16), torch.rand(4, 2)
+    with torch.no_grad():
+        for _ in range(30):
+            model(x, c)
+    model.eval()
+    norms = []
+    for mod in model.modules():
+        if isinstance(mod, (torch.nn.Conv2d, torch.nn.Linear)) and hasattr(mod, "parametrizations"):
+            w = mod.weight.reshape(mod.weight.shape[0], -1)
+            norms.append(float(torch.linalg.matrix_norm(w.detach(), 2)))
+    assert len(norms) == 1 + 2 * 2 + 1 + 1  # stem, 2 convs per block, 1 skip (8 -> 16), head
+    assert max(norms) == pytest.approx(1.0, abs=0.02) and min(norms) > 0.9
+    plain = build_model("tiny", 2, "continuous", spectral_norm=False)
+    assert not any(hasattr(m, "parametrizations") for m in plain.modules())
+
+
+def test_config_round_trip_and_save_load(tmp_path):
+    gen = torch.Generator().manual_seed(7)
+    model = build_model("tiny", 3, "onehot").eval()
+    _randomise_film(model, gen)
+    clone = model_from_config(model.config)
+    assert clone.config == model.config and count_parameters(clone) == count_parameters(model)
+    save_model(tmp_path / "m.pt", model, {"cond": "color", "classes": ["red", "green", "blue"]})
+    loaded, meta = load_model(tmp_path / "m.pt")
+    assert meta["classes"] == ["red", "green", "blue"] and not loaded.training
+    x = torch.rand(3, 3, 16, 16, generator=gen)
+    torch.testing.assert_close(loaded(x, torch.tensor([0, 1, 2])), model(x, torch.tensor([0, 1, 2])), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (lambda: build_model("nope", 2), "model: expected one of"),
+    (lambda: build_model("tiny", 0, "onehot"), "cond_dim"),
+    (lambda: EnergyResNet(2, "polar"), "cond_type"),
+    (lambda: model_from_config({"name": "tiny", "depth": 3}), "unknown keys"),
+])
+def test_bad_construction_is_named(bad, match):
+    with pytest.raises(ValueError, match=match):
+        bad()
+
+
+def test_bad_inputs_are_named():
+    model = build_model("tiny", 2, "continuous")
+    x = torch.rand(2, 3, 16, 16)
+    with pytest.raises(ValueError, match=r"cond: expected shape \(2, 2\)"):
+        model(x, torch.rand(2, 3))
+    with pytest.raises(ValueError, match="needs a condition"):
+        model(x)
+    with pytest.raises(ValueError, match=r"x: expected \(B, 3, H, W\)"):
+        model(torch.rand(2, 1, 16, 16), torch.rand(2, 2))
+    with pytest.raises(ValueError, match="divisible by 4"):
+        model(torch.rand(2, 3, 10, 10), torch.rand(2, 2))
+    onehot = build_model("tiny", 3, "onehot")
+    with pytest.raises(ValueError, match=r"class indices in \[0, 3\)"):
+        onehot(x, torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match="unconditional"):
+        build_model("tiny", 0)(x, torch.rand(2, 2))
