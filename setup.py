@@ -70,7 +70,7 @@ setup(
     packages=find_packages(include=["ebm_fast", "ebm_fast.*"])
     + ["ebm_fast.kernels"] + [f"ebm_fast.kernels.{p}" for p in find_packages("kernels")],
     package_dir={"ebm_fast.kernels": "kernels"},
-    package_data={"ebm_fast": ["assets/*.pt", "assets/*.json"]},
+    package_data={"ebm_fast": ["assets/*.pt", "assets/*.json", "assets/concepts/*.pt", "assets/concepts/continual/*.pt"]},
     ext_modules=[Extension("ebm_fast._C", sources=[])],
     cmdclass={"build_ext": CMakeBuild},
     zip_safe=False,

@@ -4,6 +4,10 @@
     ebm-fast train [...]                train a conditional EBM (ebm_fast.train)
     ebm-fast data scenes [...]          render the MuJoCo Scenes dataset (ebm_fast.data.scenes)
     ebm-fast judges train [...]         train the attribute judges (ebm_fast.judges)
+    ebm-fast sample "EXPR" [...]        sample an expression of the shipped concepts to a PNG grid
+    ebm-fast eval composition [...]     the paper's Tables 1 and 2, judged (ebm_fast.evaluate)
+    ebm-fast eval inference [...]       the paper's Table 3 / Fig. 11 (ebm_fast.eval_inference)
+    ebm-fast infer [...]                infer positions from images with a position EBM
 
 ``ebm-fast COMMAND --help`` shows each command's options.
 """
@@ -21,6 +25,11 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str]] = {
     ("train",): ("ebm_fast.train", "cli_main", "train a conditional EBM"),
     ("data", "scenes"): ("ebm_fast.data.scenes", "cli_main", "render the MuJoCo Scenes dataset"),
     ("judges", "train"): ("ebm_fast.judges", "judges_cli_main", "train the attribute judges"),
+    ("sample",): ("ebm_fast.sample_cli", "sample_cli_main", "sample a concept expression to a PNG grid"),
+    ("eval", "composition"): ("ebm_fast.evaluate", "cli_main", "judge the paper's composition tables (1 and 2)"),
+    ("eval", "inference"): ("ebm_fast.eval_inference", "cli_main",
+                            "Table 3 / Fig. 11: position inference vs a ResNet regressor"),
+    ("infer",): ("ebm_fast.eval_inference", "infer_cli_main", "infer the position behind images with a position EBM"),
 }
 
 

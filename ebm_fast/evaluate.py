@@ -1,0 +1,397 @@
+"""The paper's composition tables (Du, Li & Mordatch 2020, Tables 1 and 2), judged on generated scenes.
+
+Each row is a declarative :class:`Row`: a list of :class:`Term` s (a concept attribute, negated or
+not, and the box its random targets are drawn from) combined by conjunction (``And``, negated terms
+as ``Not(alpha)``) or disjunction (``Or(temperature)``). For ``n`` samples a row
+
+1. draws one random target per sample and term (:func:`draw_targets`: positions uniform in the
+   term's box, classes uniform over the concept's classes),
+2. builds the expression with per-sample conditions, ``Concept(model, conds, per_sample=True)``
+   (:func:`build_expr`),
+3. samples it (:func:`ebm_fast.sample_cli.sample_images`, or any injected ``sampler``),
+4. scores the samples with the judges (:func:`score`): a position is correct within
+   ``POSITION_THRESHOLD = 0.4`` of its target (the paper's criterion), a colour/shape when the
+   predicted class equals the target. A negated term is scored against its *negated* target (the
+   composition should make that accuracy LOW); a disjunction reports, per term, the fraction of
+   samples at that term's target.
+
+Table 1 (concepts trained independently on all scenes): Color, Position, Conj(Position, Color),
+Conj(Position, Not Color), Conj(Not Position, Color), Disj(Position 1, Position 2) with position 1
+in the lower-left and position 2 in the upper-right quarter of ``[-1, 1]^2``. Table 2 (continual
+learning): a position concept trained on purple cubes, then shape trained with it frozen, then
+colour trained with both frozen; rows Position, Position & Shape, Position & Shape & Color.
+
+Every row starts from the same seed (the same target draws where rows share a term, the same chain
+starts and Langevin noise): common random numbers, so differences between rows come from the
+compositions, not from the draws.
+
+``ebm-fast eval composition`` prints our numbers beside the paper's and writes ``report.md``,
+``results.json`` and one PNG grid per row to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .compose import DEFAULT_NOT_ALPHA, And, Expr, Not, Or
+from .concepts import CLASS_ATTRIBUTES, class_names, default_concepts_dir, load_concepts, make_concept
+from .judges import POSITION_THRESHOLD
+from .sample_cli import (ChainSettings, add_chain_args, concepts_resolution, resolve_device, sample_images,
+                         settings_from_args, to_uint8)
+
+__all__ = ["Term", "Row", "TABLE1", "TABLE2", "ROWS", "RowResult", "draw_targets", "build_expr", "score",
+           "evaluate_row", "evaluate", "format_table", "write_report", "continual_commands", "cli_main"]
+
+FULL = (-1.0, 1.0, -1.0, 1.0)          # (x_lo, x_hi, y_lo, y_hi)
+LOWER_LEFT = (-1.0, 0.0, -1.0, 0.0)
+UPPER_RIGHT = (0.0, 1.0, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class Term:
+    """One concept of a row: ``attribute``, ``negated`` (a ``Not`` inside the conjunction), the
+    ``box`` position targets are drawn from, and the metric ``label`` (default: the attribute)."""
+
+    attribute: str
+    negated: bool = False
+    box: tuple[float, float, float, float] = FULL
+    label: str | None = None
+
+    @property
+    def metric(self) -> str:
+        return self.label or self.attribute
+
+
+@dataclass(frozen=True)
+class Row:
+    """A table row: ``terms`` combined by ``combine`` (``"and"`` or ``"or"``); ``paper`` maps a
+    metric label to the paper's value (missing = not known here, printed ``n/a``)."""
+
+    key: str
+    label: str
+    table: int
+    terms: tuple[Term, ...]
+    combine: str = "and"
+    paper: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def metrics(self) -> list[str]:
+        return [t.metric for t in self.terms]
+
+    def describe(self, metric: str) -> str:
+        t = next(t for t in self.terms if t.metric == metric)
+        if t.negated:
+            return f"{metric} acc vs negated target (low is good)"
+        if self.combine == "or":
+            return f"fraction at {metric}"
+        return f"{metric} acc"
+
+
+# Paper values: Table 1 of Du, Li & Mordatch (2020) for Conj(Position, Color) and Disj, Table 2's
+# last row; the other cells were not available to us (printed n/a).
+TABLE1 = (
+    Row("color", "Color", 1, (Term("color"),)),
+    Row("position", "Position", 1, (Term("position"),)),
+    Row("conj_pos_color", "Conj(Position, Color)", 1, (Term("position"), Term("color")),
+        paper={"position": 0.801, "color": 0.8125}),
+    Row("conj_pos_not_color", "Conj(Position, Not Color)", 1, (Term("position"), Term("color", negated=True))),
+    Row("conj_not_pos_color", "Conj(Not Position, Color)", 1, (Term("position", negated=True), Term("color"))),
+    Row("disj_pos", "Disj(Position 1, Position 2)", 1,
+        (Term("position", box=LOWER_LEFT, label="position 1"), Term("position", box=UPPER_RIGHT, label="position 2")),
+        combine="or", paper={"position 1": 0.432, "position 2": 0.413}),
+)
+TABLE2 = (
+    Row("continual_pos", "Position (purple cubes)", 2, (Term("position"),)),
+    Row("continual_pos_shape", "+ Shape", 2, (Term("position"), Term("shape"))),
+    Row("continual_pos_shape_color", "+ Color", 2, (Term("position"), Term("shape"), Term("color")),
+        paper={"position": 0.781, "shape": 0.703, "color": 0.521}),
+)
+ROWS = {r.key: r for r in TABLE1 + TABLE2}
+
+
+# ---- the three parts of a row ------------------------------------------------------------------
+def draw_targets(row: Row, n: int, gen: torch.Generator, concepts: Mapping | None = None) -> list[Tensor]:
+    """One target per sample and term: ``(n, 2)`` float positions in the term's box, ``(n,)`` int64
+    class indices (into the concept's class names), ``(n,)`` float sizes (the dataset's range)."""
+    from .data.scenes import SIZE_RANGE
+
+    out = []
+    for t in row.terms:
+        if t.attribute == "position":
+            x0, x1, y0, y1 = t.box
+            u = torch.rand(n, 2, generator=gen)
+            out.append(torch.stack([x0 + (x1 - x0) * u[:, 0], y0 + (y1 - y0) * u[:, 1]], dim=1))
+        elif t.attribute in CLASS_ATTRIBUTES:
+            meta = concepts[t.attribute][1] if concepts and t.attribute in concepts else None
+            out.append(torch.randint(len(class_names(t.attribute, meta)), (n,), generator=gen))
+        else:
+            lo, hi = SIZE_RANGE
+            out.append(lo + (hi - lo) * torch.rand(n, generator=gen))
+    return out
+
+
+def build_expr(row: Row, concepts: Mapping, targets: Sequence[Tensor], *, alpha: float = DEFAULT_NOT_ALPHA,
+               temperature: float = 1.0) -> Expr:
+    """The row's expression with per-sample conditions ``targets`` (as :func:`draw_targets` gives)."""
+    leaves = []
+    for t, tgt in zip(row.terms, targets, strict=True):
+        c = make_concept(concepts, t.attribute, tgt, per_sample=True)
+        leaves.append(Not(c, alpha=alpha) if t.negated else c)
+    if row.combine == "or":
+        return Or(*leaves, temperature=temperature)
+    return And(*leaves) if len(leaves) > 1 else leaves[0]
+
+
+def _judge_index(attribute: str, idx: Tensor, names: Sequence[str], judge_names: Sequence[str]) -> Tensor:
+    """Class indices into ``names`` -> indices into the judges' ``judge_names`` (-1: a class the
+    judges do not know, never correct)."""
+    lut = torch.tensor([list(judge_names).index(c) if c in judge_names else -1 for c in names], dtype=torch.long)
+    return lut[idx.long()]
+
+
+def score(row: Row, pred: Mapping[str, Tensor], targets: Sequence[Tensor], *,
+          class_names_by_attr: Mapping[str, Sequence[str]] | None = None,
+          judge_names: Mapping[str, Sequence[str]] | None = None,
+          position_threshold: float = POSITION_THRESHOLD) -> dict[str, Tensor]:
+    """Per-sample correctness ``{metric: bool (n,)}`` of judged predictions against the targets.
+
+    Args:
+        pred: the judges' predictions (:meth:`ebm_fast.judges.Judges.predict`): ``pos`` ``(n, 2)``,
+            ``color``/``shape`` ``(n,)`` class indices into ``judge_names``, ``size`` ``(n,)``.
+        targets: one tensor per term (as :func:`draw_targets` gives).
+        class_names_by_attr: class names the targets index (default: the dataset's).
+        judge_names: class names the predictions index (default: the dataset's).
+    """
+    from .judges import SIZE_TOLERANCE
+
+    out = {}
+    for t, tgt in zip(row.terms, targets, strict=True):
+        if t.attribute == "position":
+            ok = (pred["pos"].float() - tgt.float()).norm(dim=1) <= position_threshold
+        elif t.attribute in CLASS_ATTRIBUTES:
+            names = (class_names_by_attr or {}).get(t.attribute) or class_names(t.attribute)
+            jn = (judge_names or {}).get(t.attribute) or class_names(t.attribute)
+            ok = pred[t.attribute].long() == _judge_index(t.attribute, tgt, names, jn)
+        else:
+            ok = (pred["size"].float() - tgt.float()).abs() <= SIZE_TOLERANCE
+        out[t.metric] = ok
+    return out
+
+
+# ---- running rows --------------------------------------------------------------------------------
+Sampler = Callable[[Expr, int, int], Tensor]  # (expr, n, seed) -> images (n, 3, R, R) in [0, 1]
+
+
+@dataclass
+class RowResult:
+    """A judged row: ``metrics`` (label -> accuracy or fraction), ``n`` samples, the first samples as
+    uint8 ``(k, H, W, 3)`` ``images``, the wall time ``seconds``."""
+
+    row: Row
+    metrics: dict[str, float]
+    n: int
+    images: np.ndarray
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return {"key": self.row.key, "label": self.row.label, "table": self.row.table, "n": self.n,
+                "metrics": self.metrics, "paper": dict(self.row.paper), "seconds": round(self.seconds, 3)}
+
+
+def evaluate_row(row: Row, concepts: Mapping, judges, n: int, *, sampler: Sampler | None = None,
+                 settings: ChainSettings | None = None, seed: int = 0, alpha: float = DEFAULT_NOT_ALPHA,
+                 temperature: float = 1.0, targets: Sequence[Tensor] | None = None,
+                 keep_images: int = 64) -> RowResult:
+    """Draw targets (unless given), sample in batches of ``settings.batch_size`` (``sampler``
+    default: :func:`sample_images` with ``settings``), judge, and average.
+
+    ``sampler(expr, n, seed)`` must return ``n`` images ``(n, 3, R, R)`` float in [0, 1] for ``expr``
+    (whose leaves hold ``n`` per-sample conditions); batches are requested in order.
+    """
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"n: expected an integer >= 1, got {n!r}")
+    settings = settings or ChainSettings()
+    if targets is None:
+        targets = draw_targets(row, n, torch.Generator().manual_seed(seed), concepts)
+    elif len(targets) != len(row.terms) or any(len(t) != n for t in targets):
+        raise ValueError(f"targets: expected {len(row.terms)} tensors of {n} rows, got "
+                         f"{[tuple(t.shape) for t in targets]}")
+    if sampler is None:
+        res = settings.resolution or concepts_resolution(concepts)
+        sampler = lambda expr, m, s: sample_images(expr, m, settings, res, s)  # noqa: E731
+    t0 = time.perf_counter()
+    names = {a: class_names(a, concepts[a][1] if a in concepts else None) for a in CLASS_ATTRIBUTES}
+    jnames = {"color": judges.colors, "shape": judges.shapes}
+    hits = {m: [] for m in row.metrics}
+    kept = []
+    for start in range(0, n, settings.batch_size):
+        stop = min(n, start + settings.batch_size)
+        tg = [t[start:stop] for t in targets]
+        images = sampler(build_expr(row, concepts, tg, alpha=alpha, temperature=temperature), stop - start,
+                         seed * 1_000_003 + start)
+        if tuple(images.shape[:2]) != (stop - start, 3):
+            raise ValueError(f"sampler: expected images ({stop - start}, 3, R, R), got {tuple(images.shape)}")
+        ok = score(row, judges.predict(images), tg, class_names_by_attr=names, judge_names=jnames)
+        for m, v in ok.items():
+            hits[m].append(v)
+        if sum(len(k) for k in kept) < keep_images:
+            kept.append(to_uint8(images[: keep_images - sum(len(k) for k in kept)]))
+    metrics = {m: float(torch.cat(v).float().mean()) for m, v in hits.items()}
+    return RowResult(row, metrics, n, np.concatenate(kept), time.perf_counter() - t0)
+
+
+def evaluate(rows: Sequence[Row], concepts: Mapping, judges, n: int, *, continual: Mapping | None = None,
+             progress: Callable[[RowResult], None] | None = None, **kw) -> list[RowResult]:
+    """:func:`evaluate_row` for each row (Table 2 rows use the ``continual`` concept set)."""
+    out = []
+    for row in rows:
+        cs = concepts if row.table == 1 else continual
+        if cs is None:
+            raise ValueError(f"row {row.label!r} (Table 2) needs the continual concept set, got None")
+        r = evaluate_row(row, cs, judges, n, **kw)
+        out.append(r)
+        if progress:
+            progress(r)
+    return out
+
+
+# ---- reporting -----------------------------------------------------------------------------------
+def _cell(v: float | None, paper: bool = False) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    return f"{v:g}" if paper else f"{v:.3f}"  # the paper's values as printed there (0.8125)
+
+
+def table_lines(results: Sequence[RowResult]) -> list[tuple[str, str, str, str, str]]:
+    """``(table, row, metric, ours, paper)`` per metric, in order."""
+    lines = []
+    for r in results:
+        for m in r.row.metrics:
+            lines.append((f"Table {r.row.table}", r.row.label, r.row.describe(m), _cell(r.metrics[m]),
+                          _cell(r.row.paper.get(m), paper=True)))
+    return lines
+
+
+def format_table(results: Sequence[RowResult]) -> str:
+    """The printed table: one line per (row, metric) with ours beside the paper's."""
+    head = ("table", "row", "metric", "ours", "paper")
+    lines = [head] + table_lines(results)
+    w = [max(len(l[i]) for l in lines) for i in range(5)]
+    fmt = lambda l: "  ".join(s.ljust(w[i]) if i < 3 else s.rjust(w[i]) for i, s in enumerate(l))  # noqa: E731
+    return "\n".join([fmt(head), "  ".join("-" * x for x in w)] + [fmt(l) for l in lines[1:]])
+
+
+def write_report(results: Sequence[RowResult], out: str | Path, info: Mapping | None = None) -> Path:
+    """Write ``out/report.md`` (the table with the paper's numbers, settings, grids), ``out/results.json``
+    and ``out/<row key>.png`` (the first samples of each row); returns the report's path."""
+    from .data.scenes import atomic_write, save_image_grid
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    info = dict(info or {})
+    md = ["# Composition evaluation (Du, Li & Mordatch 2020, Tables 1 and 2)", "",
+          "Samples judged by `ebm_fast.judges` (position correct within 0.4 of its target in [-1, 1]^2; "
+          "colour and shape correct when equal). A negated attribute is scored against its negated target "
+          "(lower is better); a disjunction reports the fraction of samples at each position. "
+          "Paper values we could not source are `n/a`.", ""]
+    if info:
+        md += ["Settings: " + ", ".join(f"`{k}={v}`" for k, v in info.items()), ""]
+    md += ["| table | row | metric | ours | paper | n |", "| --- | --- | --- | ---: | ---: | ---: |"]
+    for r in results:
+        for m in r.row.metrics:
+            md.append(f"| {r.row.table} | {r.row.label} | {r.row.describe(m)} | {_cell(r.metrics[m])} | "
+                      f"{_cell(r.row.paper.get(m), paper=True)} | {r.n} |")
+    md.append("")
+    for r in results:
+        if len(r.images):
+            save_image_grid(out / f"{r.row.key}.png", r.images, ncols=8)
+            md += [f"## {r.row.label} (Table {r.row.table})", "",
+                   f"![{r.row.label}]({r.row.key}.png)", "",
+                   f"{r.n} samples in {r.seconds:.1f} s; first {len(r.images)} shown.", ""]
+    payload = json.dumps({"info": info, "rows": [r.to_dict() for r in results]}, indent=2).encode()
+    atomic_write(out / "results.json", lambda f: f.write(payload))
+    text = "\n".join(md).encode()
+    return atomic_write(out / "report.md", lambda f: f.write(text))
+
+
+def continual_commands(directory: str | Path) -> list[str]:
+    """The training commands of the Table 2 concept set (position on purple cubes, then shape with
+    position frozen, then colour with both frozen), copying each ``model.pt`` into ``directory``."""
+    d = Path(directory)
+    return [
+        f"ebm-fast train --data scenes --cond position --shapes box --colors purple --out runs/continual/position"
+        f" && cp runs/continual/position/model.pt {d / 'position.pt'}",
+        f"ebm-fast train --data scenes --cond shape --colors purple --frozen {d / 'position.pt'}=position"
+        f" --out runs/continual/shape && cp runs/continual/shape/model.pt {d / 'shape.pt'}",
+        f"ebm-fast train --data scenes --cond color --frozen {d / 'position.pt'}=position {d / 'shape.pt'}=shape"
+        f" --out runs/continual/color && cp runs/continual/color/model.pt {d / 'color.pt'}",
+    ]
+
+
+def cli_main(argv: list[str] | None = None) -> int:
+    """``ebm-fast eval composition --n 1000 --out reports/composition [--concepts DIR] [--continual DIR]
+    [--tables 1 2] [--rows KEY ...] [chain options]``."""
+    p = argparse.ArgumentParser(prog="ebm-fast eval composition",
+                                description="Judge the paper's composition tables (1 and 2) on generated scenes.")
+    p.add_argument("--n", type=int, default=1000, help="samples per row (default 1000, the paper's)")
+    p.add_argument("--out", default="reports/composition", help="report folder (default reports/composition)")
+    p.add_argument("--concepts", default=None, help=f"Table 1 concepts folder (default {default_concepts_dir()})")
+    p.add_argument("--continual", default=None,
+                   help=f"Table 2 concepts folder (default {default_concepts_dir() / 'continual'})")
+    p.add_argument("--tables", type=int, nargs="+", default=[1, 2], choices=(1, 2), help="tables (default 1 2)")
+    p.add_argument("--rows", nargs="+", default=None, choices=sorted(ROWS), help="only these rows")
+    p.add_argument("--judges", default=None, help="judges file (default: the shipped 64x64 judges)")
+    add_chain_args(p)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = [ROWS[k] for k in args.rows] if args.rows else [r for r in TABLE1 + TABLE2 if r.table in args.tables]
+    need1 = sorted({t.attribute for r in rows if r.table == 1 for t in r.terms})
+    need2 = sorted({t.attribute for r in rows if r.table == 2 for t in r.terms})
+    cont_dir = Path(args.continual) if args.continual else default_concepts_dir() / "continual"
+    try:
+        device = resolve_device(args.device)
+        settings = settings_from_args(args)
+        if args.n < 1:
+            raise ValueError(f"--n: expected an integer >= 1, got {args.n}")
+        concepts = load_concepts(args.concepts, attributes=need1, map_location=device) if need1 else {}
+        try:
+            continual = load_concepts(cont_dir, attributes=need2, map_location=device) if need2 else None
+        except FileNotFoundError as exc:
+            cmds = "\n  ".join(continual_commands(cont_dir))
+            raise FileNotFoundError(f"{exc}\nTable 2 needs the continually trained concepts, made in order by:\n  "
+                                    f"{cmds}\n(or evaluate Table 1 only: --tables 1)") from None
+        from .judges import Judges
+
+        judges = Judges.load(args.judges, map_location=device)
+        # each concept set is sampled at its own training resolution unless --res is given
+        res = settings.resolution or {f"table {t}": concepts_resolution(cs)
+                                      for t, cs in ((1, concepts), (2, continual)) if cs}
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    info = {"n": args.n, **settings.to_dict(), "resolution": res, "alpha": args.alpha, "temperature": args.temperature,
+            "seed": args.seed, "device": str(device), "torch_threads": torch.get_num_threads()}
+
+    def progress(r: RowResult) -> None:
+        vals = ", ".join(f"{m} {v:.3f}" for m, v in r.metrics.items())
+        print(f"  {r.row.label}: {vals} ({r.seconds:.1f} s)", flush=True)
+
+    print(f"evaluating {len(rows)} rows x {args.n} samples ({settings.steps} steps each)", flush=True)
+    results = evaluate(rows, concepts, judges, args.n, continual=continual, progress=progress, settings=settings,
+                       seed=args.seed, alpha=args.alpha, temperature=args.temperature)
+    print(format_table(results))
+    path = write_report(results, args.out, info)
+    print(f"wrote {path}")
+    return 0

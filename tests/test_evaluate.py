@@ -1,0 +1,219 @@
+"""Tests for the composition tables (ebm_fast.evaluate) and ``ebm-fast sample`` (ebm_fast.sample_cli).
+
+Scoring is checked on REAL renders (NumPy renderer) fed in place of samples through the injectable
+sampler: with targets equal to the true labels the judged accuracy is high, with shuffled targets it
+falls to chance. The full pipeline runs end to end on tiny untrained models (numbers meaningless).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ebm_fast import evaluate as E
+from ebm_fast.data import scenes as S
+from ebm_fast.judges import Judges
+from ebm_fast.models import save_model
+from ebm_fast.sample_cli import ChainSettings, sample_cli_main
+from test_expr_parser import tiny_concepts
+
+RNG = np.random.default_rng()
+N = 240
+
+
+def fresh_seed() -> int:
+    return int(RNG.integers(0, 2**31))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small batches on a busy 2-core machine: extra threads only add sync cost
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    """N fresh 32x32 NumPy renders as float (N, 3, 32, 32) and their labels as tensors."""
+    images, labels = S.generate_scenes(S.SceneConfig(n=N, resolution=32, seed=fresh_seed()), renderer="numpy",
+                                       workers=1, progress=False)
+    return S.images_to_tensor(images), {k: torch.from_numpy(v) for k, v in labels.items()}
+
+
+@pytest.fixture(scope="module")
+def judges():
+    return Judges.load()
+
+
+@pytest.fixture(scope="module")
+def concepts():
+    return tiny_concepts(fresh_seed(), resolution=32)
+
+
+def feeder(images):
+    """A sampler that hands out ``images`` in order, ignoring the expression (batches come in order)."""
+    state = {"i": 0}
+
+    def sampler(expr, n, seed):
+        assert all(leaf.per_sample and leaf.cond.shape[0] == n for leaf in expr.leaves())
+        out = images[state["i"]:state["i"] + n]
+        state["i"] += n
+        return out
+
+    return sampler
+
+
+def true_targets(row, labels):
+    key = {"position": "pos", "color": "color", "shape": "shape", "size": "size"}
+    return [labels[key[t.attribute]] for t in row.terms]
+
+
+SCORED_ROWS = [r for r in E.TABLE1 + E.TABLE2 if r.combine == "and"]
+
+
+@pytest.mark.parametrize("row", SCORED_ROWS, ids=lambda r: r.key)
+def test_true_labels_score_high_and_shuffled_fall_to_chance(row, scenes, judges, concepts):
+    images, labels = scenes
+    settings = ChainSettings(batch_size=100)  # 3 batches: checks the batching and the feeder order
+    tg = true_targets(row, labels)
+    res = E.evaluate_row(row, concepts, judges, N, sampler=feeder(images), settings=settings, targets=tg)
+    # a negated term is scored against its (negated) target too: here that target is the truth
+    assert all(v >= 0.95 for v in res.metrics.values()), res.metrics
+    perm = torch.from_numpy(RNG.permutation(N))
+    res = E.evaluate_row(row, concepts, judges, N, sampler=feeder(images), settings=settings,
+                         targets=[t[perm] for t in tg])
+    # chance: colour 1/7, shape 1/3, position within 0.4 of a random point of [-1, 1]^2 ~0.11;
+    # with N = 240 the standard error is <= 0.03, so these bounds fail with probability < 1e-4
+    chance_bound = {"color": 0.3, "shape": 0.5, "position": 0.25}
+    assert all(v <= chance_bound[m] for m, v in res.metrics.items()), res.metrics
+    assert res.n == N and res.images.shape == (64, 32, 32, 3) and res.images.dtype == np.uint8
+
+
+def test_drawn_targets_follow_the_rows(concepts):
+    gen = torch.Generator().manual_seed(fresh_seed())
+    p1, p2 = E.draw_targets(E.ROWS["disj_pos"], 2000, gen, concepts)
+    assert (p1 <= 0).all() and (p1 >= -1).all() and (p2 >= 0).all() and (p2 <= 1).all()
+    assert p1.std(0).min() > 0.25 and p2.std(0).min() > 0.25           # uniform on a unit side: 0.29
+    pos, shape, color = E.draw_targets(E.ROWS["continual_pos_shape_color"], 2000, gen, concepts)
+    assert pos.abs().max() <= 1 and pos.std(0).min() > 0.5                 # uniform on [-1, 1]: 0.58
+    assert set(shape.tolist()) == {0, 1, 2} and set(color.tolist()) == set(range(len(S.COLOR_NAMES)))
+
+
+def test_expressions_have_the_row_structure(concepts):
+    gen = torch.Generator().manual_seed(fresh_seed())
+    row = E.ROWS["conj_not_pos_color"]
+    tg = E.draw_targets(row, 6, gen, concepts)
+    e = E.build_expr(row, concepts, tg, alpha=0.002)
+    assert type(e).__name__ == "And" and type(e.terms[0]).__name__ == "Not" and e.terms[0].alpha == 0.002
+    torch.testing.assert_close(e.leaves()[0].cond, tg[0])
+    torch.testing.assert_close(e.leaves()[1].cond.argmax(1), tg[1])
+    e = E.build_expr(E.ROWS["disj_pos"], concepts, E.draw_targets(E.ROWS["disj_pos"], 6, gen), temperature=0.5)
+    assert type(e).__name__ == "Or" and e.temperature == 0.5
+    x = torch.rand(6, 3, 32, 32)
+    assert torch.isfinite(e.energy(x)).all()
+
+
+def test_disjunction_fractions_on_constructed_positions():
+    row = E.ROWS["disj_pos"]
+    n, k1, k2 = 50, 17, 11
+    t1 = torch.tensor([-0.5, -0.5]).expand(n, 2)
+    t2 = torch.tensor([0.5, 0.5]).expand(n, 2)
+    pred = torch.tensor([-0.9, 0.9]).repeat(n, 1)          # far from both targets
+    ang = torch.rand(n) * 2 * math.pi
+    ring = torch.stack([ang.cos(), ang.sin()], 1)
+    pred[:k1] = t1[:k1] + 0.39 * ring[:k1]                  # inside 0.4 of position 1
+    pred[k1:k1 + k2] = t2[:k2] + 0.39 * ring[:k2]           # inside 0.4 of position 2
+    pred[-3:] = t1[-3:] + 0.41 * ring[-3:]                  # just outside position 1
+    ok = E.score(row, {"pos": pred}, [t1, t2])
+    assert ok["position 1"].sum() == k1 and ok["position 2"].sum() == k2
+    assert ok["position 1"][:k1].all() and ok["position 2"][k1:k1 + k2].all()
+
+
+def test_class_targets_map_to_the_judges_names():
+    row = E.ROWS["color"]
+    names = ("blue", "red", "teal")
+    judge_names = ("red", "green", "blue")
+    ok = E.score(row, {"color": torch.tensor([2, 0, 0, 1])}, [torch.tensor([0, 1, 2, 1])],
+                 class_names_by_attr={"color": names}, judge_names={"color": judge_names})
+    assert ok["color"].tolist() == [True, True, False, False]   # teal is unknown to the judges: never right
+
+
+def fake_results(rng):
+    out = []
+    for row in (E.ROWS["conj_pos_color"], E.ROWS["disj_pos"], E.ROWS["conj_pos_not_color"]):
+        images = rng.integers(0, 256, size=(5, 32, 32, 3), dtype=np.uint8)
+        out.append(E.RowResult(row, {m: float(rng.random()) for m in row.metrics}, 5, images, 0.1))
+    return out
+
+
+def test_report_table_json_and_grids(tmp_path):
+    results = fake_results(RNG)
+    text = E.format_table(results)
+    assert "0.801" in text and "0.8125"[:5] in text and "0.432" in text and "n/a" in text
+    for r in results:
+        for v in r.metrics.values():
+            assert f"{v:.3f}" in text
+    path = E.write_report(results, tmp_path / "rep", {"steps": 3})
+    md = path.read_text()
+    assert md.count("\n| 1 |") == 6 and "low is good" in md and "`steps=3`" in md
+    saved = json.loads((tmp_path / "rep" / "results.json").read_text())
+    assert [r["metrics"] for r in saved["rows"]] == [r.metrics for r in results]
+    for r in results:
+        assert f"({r.row.key}.png)" in md
+        im = np.asarray(Image.open(tmp_path / "rep" / f"{r.row.key}.png"))
+        assert im.shape == (2 * (34 + 2), 2 * (5 * 34 + 2), 3)   # 1 row x 5 tiles of 32 + 2 pad, scale 2
+        assert (im[4:68:2, 4:68:2] == r.images[0]).all()
+
+
+def save_concepts(directory, concepts, attributes=("position", "color", "shape")):
+    directory.mkdir(parents=True, exist_ok=True)
+    for a in attributes:
+        save_model(directory / f"{a}.pt", *concepts[a])
+    return directory
+
+
+def test_cli_end_to_end_on_tiny_models(tmp_path, concepts, capsys):
+    d = save_concepts(tmp_path / "concepts", concepts)
+    out = tmp_path / "report"
+    rc = E.cli_main(["--n", "8", "--steps", "3", "--res", "32", "--batch-size", "5", "--concepts", str(d),
+                     "--continual", str(d), "--out", str(out), "--seed", str(fresh_seed() % 1000)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "Conj(Position, Color)" in printed and "0.801" in printed
+    saved = json.loads((out / "results.json").read_text())
+    assert [r["key"] for r in saved["rows"]] == [r.key for r in E.TABLE1 + E.TABLE2]
+    for r in saved["rows"]:
+        assert r["n"] == 8 and all(0.0 <= v <= 1.0 for v in r["metrics"].values())
+        assert np.asarray(Image.open(out / f"{r['key']}.png")).shape[2] == 3
+    assert (out / "report.md").read_text().count("| 2 |") == 6
+
+
+def test_cli_names_missing_concepts(tmp_path, capsys):
+    rc = E.cli_main(["--n", "2", "--concepts", str(tmp_path / "none"), "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--cond position" in err and str(tmp_path / "none" / "color.pt") in err
+    d = save_concepts(tmp_path / "c", tiny_concepts(fresh_seed()))
+    rc = E.cli_main(["--n", "2", "--concepts", str(d), "--continual", str(tmp_path / "x"),
+                     "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--frozen" in err and "--tables 1" in err
+
+
+def test_sample_cli_writes_a_grid(tmp_path, concepts, capsys):
+    d = save_concepts(tmp_path / "c", concepts)
+    out = tmp_path / "grid.png"
+    rc = sample_cli_main(["shape=sphere & color=red & ~position=(0.5,0.5)", "--n", "6", "--steps", "2",
+                          "--concepts", str(d), "--out", str(out), "--ncols", "3", "--batch-size", "4"])
+    assert rc == 0 and "6 samples at 32x32" in capsys.readouterr().out
+    assert np.asarray(Image.open(out)).shape == (2 * (2 * 34 + 2), 2 * (3 * 34 + 2), 3)
+    rc = sample_cli_main(["shape=sphere & colr=red", "--concepts", str(d), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "column 16" in err and "unknown attribute 'colr'" in err
+    rc = sample_cli_main(["size=0.2", "--concepts", str(d), "--out", str(out)])
+    assert rc == 2 and "--cond size" in capsys.readouterr().err
