@@ -30,7 +30,8 @@ from . import _native
 from .compose import Expr
 from .step_reference import ORDERS, langevin_step_torch
 
-__all__ = ["langevin_step", "available_backends", "resolve_backend", "BACKENDS", "new_flag"]
+__all__ = ["langevin_step", "prepare_step", "PreparedStep", "available_backends", "resolve_backend", "BACKENDS",
+           "new_flag"]
 
 BACKENDS = ("auto", "torch", "cpu", "cuda", "triton")
 STATE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -144,6 +145,66 @@ def _scalar_arg(name: str, v, device: torch.device, dtype: torch.dtype, integer:
     return float(v)
 
 
+def _check_fixed(order: str, grad_clip, clamp) -> tuple[float | None, tuple[float, float] | None]:
+    """Check the arguments that stay fixed over a chain; return ``(grad_clip, clamp)`` as floats."""
+    if order not in ORDERS:
+        raise ValueError(f"order must be 'ula' or 'noise_first', got {order!r}")
+    if grad_clip is not None:
+        grad_clip = float(grad_clip)
+        if not grad_clip > 0 or not math.isfinite(grad_clip):
+            raise ValueError(f"grad_clip must be a finite positive number or None, got {grad_clip}")
+    if clamp is not None:
+        if len(clamp) != 2 or not float(clamp[0]) < float(clamp[1]):
+            raise ValueError(f"clamp must be (lo, hi) with lo < hi, got {clamp}")
+        clamp = (float(clamp[0]), float(clamp[1]))
+    return grad_clip, clamp
+
+
+class PreparedStep:
+    """The fused step for one chain, validated once by :func:`prepare_step`; calls go to the backend.
+
+    ``step(x, grads, energies, *, step_size, noise, seed, step, out, energy_out, flag)`` takes the
+    backends' flattened layout (see :mod:`ebm_fast.step_reference`): ``x``/``out`` ``[B, D]`` and
+    ``grads`` ``[N, B, D]`` in the state dtype with unit inner stride, ``energies`` float32 ``[N, B]``
+    contiguous, ``energy_out`` float32 ``[B]``, ``flag`` int32 ``[2]``; scalars are Python numbers or
+    0-dim tensors on x's device (float32 for ``step_size``/``noise``, int64 for ``seed``/``step``).
+    Nothing is checked per call: this is the chain's hot loop.
+    """
+
+    __slots__ = ("backend", "order", "grad_clip", "clamp", "_fn", "_table", "_order_code")
+
+    def __init__(self, backend: str, fn: Callable[..., None], table: Tensor, order: str, grad_clip, clamp):
+        self.backend, self.order, self.grad_clip, self.clamp = backend, order, grad_clip, clamp
+        self._fn, self._table, self._order_code = fn, table, ORDERS[order]
+
+    def __call__(self, x: Tensor, grads: Tensor, energies: Tensor, *, step_size, noise, seed, step,
+                 out: Tensor, energy_out: Tensor, flag: Tensor) -> None:
+        with torch.no_grad():
+            self._fn(x, grads, energies, self._table, step_size=step_size, noise=noise, seed=seed, step=step,
+                     order=self._order_code, grad_clip=self.grad_clip, clamp=self.clamp, out=out,
+                     energy_out=energy_out, flag=flag)
+
+
+def prepare_step(expr: Expr, device: torch.device | str, *, order: str = "ula", grad_clip: float | None = None,
+                 clamp: tuple[float, float] | None = None, backend: str = "auto") -> PreparedStep:
+    """Validate once what stays fixed over a chain and return the step as a :class:`PreparedStep`.
+
+    Used by the samplers (:mod:`ebm_fast.sampler`) so the K-step loop does not re-validate per step;
+    the backend is chosen here, as in :func:`langevin_step`.
+    """
+    if not isinstance(expr, Expr):
+        raise TypeError(f"expr must be an ebm_fast expression, got {type(expr).__name__}")
+    device = torch.device(device)
+    program = expr.program
+    program.check_integrable()
+    grad_clip, clamp = _check_fixed(order, grad_clip, clamp)
+    name = resolve_backend(backend, device)
+    # The torch backend reads the table on the host (Program.weights_and_energy); handing it the CPU
+    # copy avoids a device-to-host sync per step, which would also break CUDA-graph capture.
+    table = program.table if name == "torch" else program.on(device)
+    return PreparedStep(name, _step_fn(name), table, order, grad_clip, clamp)
+
+
 def langevin_step(x: Tensor, grads, energies, expr: Expr, *, step_size, noise, seed: int | Tensor,
                   step: int | Tensor, order: str = "ula", grad_clip: float | None = None,
                   clamp: tuple[float, float] | None = None, backend: str = "auto",
@@ -205,16 +266,7 @@ def langevin_step(x: Tensor, grads, energies, expr: Expr, *, step_size, noise, s
         raise TypeError(f"grads dtype {grads.dtype} does not match x dtype {x.dtype}")
     if not energies.is_floating_point():
         raise TypeError(f"energies must be floating point, got {energies.dtype}")
-    if order not in ORDERS:
-        raise ValueError(f"order must be 'ula' or 'noise_first', got {order!r}")
-    if grad_clip is not None:
-        grad_clip = float(grad_clip)
-        if not grad_clip > 0 or not math.isfinite(grad_clip):
-            raise ValueError(f"grad_clip must be a finite positive number or None, got {grad_clip}")
-    if clamp is not None:
-        if len(clamp) != 2 or not float(clamp[0]) < float(clamp[1]):
-            raise ValueError(f"clamp must be (lo, hi) with lo < hi, got {clamp}")
-        clamp = (float(clamp[0]), float(clamp[1]))
+    grad_clip, clamp = _check_fixed(order, grad_clip, clamp)
     step_size = _scalar_arg("step_size", step_size, device, torch.float32, integer=False)
     noise = _scalar_arg("noise", noise, device, torch.float32, integer=False)
     seed = _scalar_arg("seed", seed, device, torch.int64, integer=True)

@@ -1,0 +1,609 @@
+"""Composed Langevin chains: :func:`sample` (a composed expression) and :func:`langevin` (any energy).
+
+A chain is three small parts:
+
+* :class:`Chain` -- what carries between steps: the state ``x`` (updated in place), the RNG state
+  ``(seed, step)``, the step-size/noise schedule, the non-finite flag and the composed energy;
+* :meth:`Chain.step` -- one update in place: the leaves' energies and input-gradients
+  (:class:`~ebm_fast.leaf_eval.LeafEvaluator`), then the one fused step
+  (:func:`ebm_fast.ops.prepare_step`, validated once per chain);
+* the driver (:func:`_drive`) -- a Python loop, or replays of a captured CUDA graph of ``S`` steps
+  (:mod:`ebm_fast.graphs`).
+
+Step indices (the ``step`` of the RNG, SPEC §4). Update ``k = 1..K`` draws ``xi(seed, k)``; index 0
+is the initial noise of ``noise_first``. With ``eta_i``, ``sigma_i`` the schedules' entries
+``i = 0..K-1``:
+
+* ``order="ula"``: ``x_k = clamp(x_{k-1} - eta_{k-1} g(x_{k-1}) + sigma_{k-1} xi(seed, k))``.
+* ``order="noise_first"`` (the released code, whose loop is, for ``i = 0..K-1``,
+  ``x = x + sigma_i randn; x = clamp(x - eta_i grad E(x))``): ``x_0' = x_0 + sigma_0 xi(seed, 0)``,
+  then fused steps ``x_k' = clamp(x_{k-1}' - eta_{k-1} g(x_{k-1}')) + sigma_k xi(seed, k)`` with
+  ``sigma_K = 0``: the released loop exactly, its iteration ``i`` drawing ``xi(seed, i)`` as noise
+  (and the chain's last step adding none, SPEC §3).
+
+Scalars live on the host for CPU chains (Python numbers: nothing to synchronise) and in device memory
+elsewhere (``[2, S]`` window of the schedule plus an int64 counter that each step advances on the
+device), so a CUDA chain never waits on the host and its steps can be captured in a graph.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from . import graphs, ops
+from .compose import Concept, Expr
+from .leaf_eval import LeafEvaluator, couples_samples, frozen_parameters, inspect_model
+from .rng import draw_seed, normal_noise, seed_to_int64
+
+__all__ = ["sample", "langevin", "SampleInfo", "Chain", "ON_NONFINITE"]
+
+ON_NONFINITE = ("raise", "reinit")
+
+
+@dataclass
+class SampleInfo:
+    """Diagnostics of one call (``return_info=True``).
+
+    Attributes:
+        seed: the chain's seed (drawn from torch's default generator when ``seed=None``).
+        steps: K.
+        backend: the fused step's backend.
+        graph: ``"captured"`` (graphs captured in this call, then replayed), ``"replayed"`` (cached
+            graphs), or ``"eager"`` / ``"eager: <why not graphed>"``.
+        grouping: ``(leaf indices, "batched" | "per_leaf")`` per group of leaves sharing a model.
+        reinitialized: chains re-initialised because their state became non-finite
+            (``on_nonfinite="reinit"``).
+        nonfinite_leaves: reprs of the leaves that met a non-finite energy or gradient.
+        nonfinite_state: whether some state became non-finite.
+        warnings: the warnings this call raised.
+    """
+
+    seed: int
+    steps: int
+    backend: str
+    graph: str
+    grouping: list
+    reinitialized: int = 0
+    nonfinite_leaves: list = field(default_factory=list)
+    nonfinite_state: bool = False
+    warnings: list = field(default_factory=list)
+
+
+# ---- argument checks --------------------------------------------------------------------------
+def _schedule(name: str, v: Any, steps: int, device: torch.device) -> list[float] | Tensor:
+    """A step-size or noise schedule: K host floats, or a float32 ``[K]`` tensor on a non-CPU device."""
+    if isinstance(v, bool):
+        raise TypeError(f"{name} must be a number or a schedule of {steps} numbers, got a bool")
+    if isinstance(v, numbers.Real):
+        vals = [float(v)] * steps
+    elif isinstance(v, Tensor):
+        if v.dim() != 1 or v.shape[0] != steps:
+            raise ValueError(f"{name} as a tensor must be a schedule of shape ({steps},) (one entry per step), "
+                             f"got shape {tuple(v.shape)}")
+        if not v.is_floating_point():
+            raise TypeError(f"{name} schedule must be floating point, got {v.dtype}")
+        if v.device.type != "cpu" and device.type != "cpu":
+            # stays on the device: its values are not checked here (that would sync); a non-finite
+            # entry shows up in the non-finite flag
+            return v.detach().to(device=device, dtype=torch.float32)
+        vals = [float(t) for t in v.detach().cpu().tolist()]
+    elif isinstance(v, Sequence) and not isinstance(v, str):
+        if len(v) != steps:
+            raise ValueError(f"{name} schedule must have one entry per step ({steps}), got {len(v)}")
+        try:
+            vals = [float(t) for t in v]
+        except (TypeError, ValueError):
+            raise TypeError(f"{name} schedule must hold numbers, got {v!r}") from None
+    else:
+        raise TypeError(f"{name} must be a number or a schedule of {steps} numbers, got {type(v).__name__}")
+    bad = [t for t in vals if not (math.isfinite(t) and t >= 0.0)]
+    if bad:
+        raise ValueError(f"{name} must be finite and >= 0, got {bad[0]}")
+    return vals
+
+
+def _by_step(eta, sigma, order: str, device: torch.device, host: bool):
+    """Schedules indexed by the RNG step ``s = 0..K`` (see the module docstring).
+
+    Host: two lists of K + 1 floats. Device: one float32 ``[2, K + 1]`` tensor (row 0: step size,
+    row 1: noise).
+    """
+    if host:
+        eta_s = [0.0] + list(eta)
+        sigma_s = ([0.0] + list(sigma)) if order == "ula" else (list(sigma) + [0.0])
+        return eta_s, sigma_s
+    rows = []
+    for v in (eta, sigma):
+        rows.append(v if isinstance(v, Tensor) else torch.tensor(v, dtype=torch.float32).to(device))
+    zero = torch.zeros(1, dtype=torch.float32, device=device)
+    eta_t = torch.cat([zero, rows[0]])
+    sigma_t = torch.cat([zero, rows[1]]) if order == "ula" else torch.cat([rows[1], zero])
+    return torch.stack([eta_t, sigma_t])
+
+
+def _check_int(name: str, v: Any, low: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+    if int(v) < low:
+        raise ValueError(f"{name} must be >= {low}, got {v}")
+    return int(v)
+
+
+# ---- the chain --------------------------------------------------------------------------------
+class Chain:
+    """A chain's state and its in-place update (see the module docstring for the step indices).
+
+    Args:
+        evaluator: the leaves' energies and gradients at ``x``.
+        stepper: the fused step, validated for this chain.
+        shape: the state's shape ``[B, ...]``; dtype: the state's dtype (fp32/fp16/bf16).
+        device_scalars: keep step size, noise, seed and step in device memory (graph-capturable).
+        window: ``S``, the steps one chunk (one graph replay) covers.
+        order: ``"ula"`` or ``"noise_first"``.
+    """
+
+    def __init__(self, evaluator: LeafEvaluator, stepper: ops.PreparedStep, shape: Sequence[int],
+                 dtype: torch.dtype, device: torch.device, *, device_scalars: bool, window: int, order: str):
+        self.evaluator, self.stepper = evaluator, stepper
+        self.device_scalars, self.window, self.order = device_scalars, window, order
+        self.x = torch.empty(tuple(shape), dtype=dtype, device=device)
+        self.batch = self.x.shape[0]
+        self.flat = self.x.view(self.batch, -1)
+        self.num_leaves = evaluator.num_leaves
+        self.energy = torch.zeros(self.batch, dtype=torch.float32, device=device)
+        self.flag = ops.new_flag(device)
+        # host chains read the flag every step through a numpy view: 1 us against 5 us for flag.any()
+        self._flag_host = self.flag.numpy() if device.type == "cpu" else None
+        self.reinit_init: Callable[[int], Tensor] | None = None
+        if device_scalars:
+            self.win = torch.zeros(2, window, dtype=torch.float32, device=device)
+            self.now = torch.zeros(2, 1, dtype=torch.float32, device=device)
+            self.eta_now, self.sigma_now = self.now[0, 0], self.now[1, 0]
+            self.ctr = torch.zeros(2, dtype=torch.int64, device=device)  # [RNG step, window index]
+            self.step_now, self.win_idx = self.ctr[0], self.ctr[1:2]
+            self.seed_t = torch.zeros((), dtype=torch.int64, device=device)
+            self.first_bad = torch.full((), -1, dtype=torch.int64, device=device)
+            self.reinit_count = torch.zeros((), dtype=torch.int64, device=device)
+        self.seed = 0
+        self.s = 1
+        self.sched: Any = None
+        self.first_bad_host = -1
+        self.reinit_host = 0
+
+    # -- per call ---------------------------------------------------------------------------------
+    def load(self, x0: Tensor, seed: int, sched) -> None:
+        """Start a chain at ``x0`` (plus ``sigma_0 xi(seed, 0)`` for ``noise_first``)."""
+        self.seed, self.sched, self.s = seed, sched, 1
+        self.flag.zero_()
+        if self.order == "noise_first":
+            sigma0 = sched[1][0] if not self.device_scalars else sched[1, 0]
+            if isinstance(sigma0, float) and sigma0 == 0.0:
+                self.x.copy_(x0)
+            else:
+                xi = normal_noise(seed, 0, x0.numel(), device=self.x.device).view(self.x.shape)
+                self.x.copy_(x0.float() + sigma0 * xi)
+        else:
+            self.x.copy_(x0)
+        if self.device_scalars:
+            self.seed_t.fill_(seed_to_int64(seed))
+            self.first_bad.fill_(-1)
+            self.reinit_count.zero_()
+        self.first_bad_host, self.reinit_host = -1, 0
+
+    # -- one update -------------------------------------------------------------------------------
+    def step(self) -> None:
+        """One update of the whole batch, in place."""
+        if self.device_scalars:
+            torch.index_select(self.win, 1, self.win_idx, out=self.now)
+            e, g = self.evaluator(self.x)
+            self.stepper(self.flat, g.view(self.num_leaves, self.batch, -1), e, step_size=self.eta_now,
+                         noise=self.sigma_now, seed=self.seed_t, step=self.step_now, out=self.flat,
+                         energy_out=self.energy, flag=self.flag)
+            self.ctr.add_(1)
+            return
+        s = self.s
+        e, g = self.evaluator(self.x)
+        self.stepper(self.flat, g.view(self.num_leaves, self.batch, -1), e, step_size=self.sched[0][s],
+                     noise=self.sched[1][s], seed=self.seed, step=s, out=self.flat, energy_out=self.energy,
+                     flag=self.flag)
+        self.s = s + 1
+
+    def run_steps(self, n: int) -> None:
+        for _ in range(n):
+            self.step()
+
+    def warmup_step(self) -> None:
+        """A step at window index 0 (graph warm-up: never reads past the window)."""
+        self.ctr[1].zero_()
+        self.step()
+
+    # -- chunks (device scalars) ----------------------------------------------------------------
+    def begin_chunk(self, s0: int, n: int) -> None:
+        """Point the window at updates ``s0 .. s0 + n - 1`` (device copies only, no host sync)."""
+        self.win[:, :n].copy_(self.sched[:, s0:s0 + n])
+        self.ctr[0].fill_(s0)
+        self.ctr[1].fill_(0)
+
+    def end_chunk(self, s0: int, reinit: bool) -> None:
+        """Record the first chunk that met a non-finite value; re-initialise non-finite chains."""
+        hit = (self.flag != 0).any()
+        self.first_bad.masked_fill_(hit & (self.first_bad < 0), s0)
+        if reinit:
+            bad = self._bad_rows()
+            fresh = self.reinit_init(self.batch).view(self.batch, -1)
+            self.flat.copy_(torch.where(bad.unsqueeze(1), fresh, self.flat))
+            self.reinit_count.add_(bad.sum())
+
+    def _bad_rows(self) -> Tensor:
+        """bool ``[B]``: chains whose state or last composed energy is non-finite."""
+        return ~torch.isfinite(self.flat).all(dim=1) | ~torch.isfinite(self.energy)
+
+    # -- per step checks (host scalars: CPU memory, reading it costs nothing) -----------------------
+    def check_host(self, s: int, reinit: bool) -> bool:
+        """After update ``s``: True if the flag is set (first time recorded); re-initialises bad rows."""
+        if not self._flag_host.any():
+            return False
+        if self.first_bad_host < 0:
+            self.first_bad_host = s
+        if reinit:
+            bad = self._bad_rows()
+            nbad = int(bad.sum())
+            if nbad:
+                self.flat[bad] = self.reinit_init(nbad).reshape(nbad, -1).to(self.flat.dtype)
+                self.reinit_host += nbad
+        return True
+
+    def status(self) -> tuple[int, bool, int, int]:
+        """``(leaf bits, state non-finite, first bad step or -1, re-initialised rows)``: one read."""
+        if self.device_scalars:
+            vals = torch.cat([self.flag.long(), self.first_bad.view(1), self.reinit_count.view(1)]).tolist()
+            bits, state, first, count = vals
+        else:
+            bits, state = self.flag.tolist()
+            first, count = self.first_bad_host, self.reinit_host
+        return int(bits) & 0xFFFFFFFF, bool(state), int(first), int(count)
+
+
+# ---- the driver -------------------------------------------------------------------------------
+def _drive(chain: Chain, steps: int, *, replays: dict[int, Callable[[], None]] | None, reinit: bool,
+           raise_at: Callable[[int], None] | None, record: Callable[[int], None] | None) -> None:
+    """Run updates 1..K: host scalars step by step; device scalars in chunks of S (graph replays)."""
+    if not chain.device_scalars:
+        for s in range(1, steps + 1):
+            chain.step()
+            if chain.check_host(s, reinit) and raise_at is not None:
+                raise_at(s)
+            if record is not None:
+                record(s)
+        return
+    s0 = 1
+    while s0 <= steps:
+        n = min(chain.window, steps - s0 + 1)
+        chain.begin_chunk(s0, n)
+        replay = replays.get(n) if replays else None
+        if replay is not None:
+            replay()
+        else:
+            for j in range(n):
+                chain.step()
+                if record is not None:
+                    record(s0 + j)
+        chain.end_chunk(s0, reinit)
+        s0 += n
+
+
+def _nonfinite_message(leaves: Sequence[Concept], bits: int, state: bool, first: int, last: int, steps: int,
+                       seed: int) -> str:
+    names = [f"{leaves[i]!r} (leaf {i})" for i in range(len(leaves)) if bits >> i & 1]
+    where = f"step {first}" if first == last else f"steps {first}-{last}"
+    if names:
+        what = "non-finite energy or gradient in " + ", ".join(names)
+    else:
+        what = "the chain's state became non-finite (energies and gradients were finite)"
+    return (f"{what} during {where} of {steps} (seed {seed}); lower step_size, set grad_clip, or pass "
+            "on_nonfinite='reinit' to re-initialise the affected chains")
+
+
+# ---- public API --------------------------------------------------------------------------------
+def sample(expr: Expr, x0: Tensor, *, steps: int, step_size, noise, clamp: tuple[float, float] | None = (0.0, 1.0),
+           grad_clip: float | None = None, order: str = "noise_first", seed: int | None = None,
+           backend: str = "auto", graph: bool | str = "auto", grouping: str = "auto",
+           memory_format: str = "auto", compile: bool | dict = False, autocast: torch.dtype | None = None,
+           on_nonfinite: str = "raise", init: Callable[[int], Tensor] | None = None, return_energies: bool = False,
+           trajectory: bool = False, every: int = 1, return_info: bool = False,
+           graph_steps: int = graphs.DEFAULT_GRAPH_STEPS):
+    """K steps of Langevin dynamics on a composed energy, from ``x0``.
+
+    Args:
+        expr: the composed expression (``Concept`` s combined with ``&``, ``|``, ``~``, ``*``).
+        x0: initial states ``[B, ...]`` (e.g. images ``[B, C, H, W]``), float32/float16/bfloat16/float64.
+            The models are called with tensors of x0's dtype; the chain's arithmetic is fp32 (fp64
+            states are stepped in fp32).
+        steps: K >= 0.
+        step_size: ``eta``: a number, or a schedule of K numbers (sequence or 1-D tensor; entry i is
+            used by the i-th update, ``i = 0..K-1``).
+        noise: ``sigma``: likewise (the released code anneals it).
+        clamp: ``(lo, hi)`` applied by every step (default ``(0, 1)``, images), or None.
+        grad_clip: element-wise clip of the composed gradient, or None.
+        order: ``"noise_first"`` (default: the released code's loop, reproduced exactly; see the
+            module docstring) or ``"ula"``.
+        seed: the RNG seed (SPEC §4); None draws one from torch's default generator.
+        backend: the fused step's backend (``"auto"``, ``"torch"``, ``"cpu"``, ``"cuda"``, ``"triton"``).
+        graph: ``"auto"`` captures the chain in CUDA graphs when x0 is on a GPU and it is safe;
+            True insists (ValueError when impossible); False runs eagerly. A failed capture warns
+            once and runs eagerly.
+        grouping: ``"auto"``, ``"batched"`` or ``"per_leaf"``: how leaves sharing a model are
+            evaluated (:mod:`ebm_fast.leaf_eval`).
+        memory_format: ``"auto"``, ``"contiguous"`` or ``"channels_last"``: the layout of image
+            states handed to the models (auto: channels_last for conv models on the CPU, 1.44x faster
+            there; :mod:`ebm_fast.leaf_eval`).
+        compile: run each model group's energy + input-gradient under ``torch.compile`` (True or a
+            dict of ``torch.compile`` options; compiling costs tens of seconds once per shape).
+        autocast: None, ``torch.bfloat16`` or ``torch.float16``: the models' forward under autocast
+            (state, gradients and the step stay in the state dtype / fp32).
+        on_nonfinite: ``"raise"`` (default): ``FloatingPointError`` naming the leaf and the steps;
+            ``"reinit"``: chains whose state became non-finite restart from ``init`` (checked every
+            step on the CPU, every ``graph_steps`` steps on a GPU) and are counted in the info.
+        init: ``init(n) -> Tensor [n, *x0.shape[1:]]``: fresh states for ``"reinit"`` (default:
+            uniform in the clamp range, seeded by ``seed``).
+        return_energies: also return the composed energies ``[K, B]`` (float32; entry k-1 at the
+            point where update k took its gradient). Runs eagerly.
+        trajectory: also return the states ``[K // every + 1, B, ...]`` at updates 0, every, 2 every,
+            ... (update 0: the start, after noise_first's initial noise). Runs eagerly.
+        every: the trajectory's stride.
+        return_info: also return a :class:`SampleInfo`.
+        graph_steps: ``S``, the steps per captured graph (and per non-finite check on a GPU).
+
+    Returns:
+        ``x`` (x0's shape, dtype and device), or a tuple ``(x, energies?, trajectory?, info?)`` with
+        the requested extras in that order.
+    """
+    if not isinstance(expr, Expr):
+        raise TypeError(f"expr must be an ebm_fast expression (Concept, And, Or, Not, Scale), got "
+                        f"{type(expr).__name__}")
+    if not isinstance(x0, Tensor):
+        raise TypeError(f"x0 must be a Tensor of shape (B, ...), got {type(x0).__name__}")
+    if x0.dtype not in ops.STATE_DTYPES:
+        raise TypeError(f"x0 must have a floating dtype in {ops.STATE_DTYPES}, got {x0.dtype}")
+    if x0.dim() < 2:
+        raise ValueError(f"x0 must have shape (B, ...) with at least 2 dimensions (use x0[:, None] for "
+                         f"scalar states), got shape {tuple(x0.shape)}")
+    steps = _check_int("steps", steps, 0)
+    every = _check_int("every", every, 1)
+    graph_steps = _check_int("graph_steps", graph_steps, 1)
+    if not (isinstance(graph, bool) or (isinstance(graph, str) and graph == "auto")):
+        raise ValueError(f"graph must be 'auto', True or False, got {graph!r}")
+    if on_nonfinite not in ON_NONFINITE:
+        raise ValueError(f"on_nonfinite must be one of {ON_NONFINITE}, got {on_nonfinite!r}")
+    if init is not None and not callable(init):
+        raise TypeError(f"init must be a callable n -> Tensor [n, *x0.shape[1:]], got {type(init).__name__}")
+    if on_nonfinite == "reinit" and init is None and clamp is None:
+        raise ValueError("on_nonfinite='reinit' needs fresh states: pass clamp=(lo, hi) (uniform noise in "
+                         "that range) or init=callable")
+    device = x0.device
+    stepper = ops.prepare_step(expr, device, order=order, grad_clip=grad_clip, clamp=clamp, backend=backend)
+    if seed is None:
+        seed = draw_seed()
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
+    seed = int(seed)
+    seed_to_int64(seed)  # range check: 64 bits
+    eta = _schedule("step_size", step_size, steps, device)
+    sigma = _schedule("noise", noise, steps, device)
+    leaves = expr.leaves()
+    batch = x0.shape[0]
+    state_dtype = torch.float32 if x0.dtype == torch.float64 else x0.dtype
+    parts = [inspect_model(leaf.model) for leaf in leaves]
+    modules = list({id(m): m for p in parts for m in p.modules}.values())
+    reinit = on_nonfinite == "reinit"
+
+    with torch.inference_mode(False), frozen_parameters(modules):
+        evaluator = LeafEvaluator(leaves, batch, x0.shape[1:], device, model_dtype=x0.dtype,
+                                  grad_dtype=state_dtype, grouping=grouping, memory_format=memory_format,
+                                  autocast=autocast, compile=compile)
+        info = SampleInfo(seed=seed, steps=steps, backend=stepper.backend, graph="eager",
+                          grouping=evaluator.modes, warnings=list(evaluator.warnings))
+        energies = torch.zeros(steps, batch, dtype=torch.float32, device=device) if return_energies else None
+        traj = (torch.empty(steps // every + 1, *x0.shape, dtype=state_dtype, device=device)
+                if trajectory else None)
+        if batch == 0 or steps == 0:
+            result = x0.detach().clone()
+            if traj is not None:
+                traj[0].copy_(result)
+        else:
+            window = min(graph_steps, steps)
+
+            def new_chain(device_scalars: bool) -> Chain:
+                return Chain(evaluator, stepper, x0.shape, state_dtype, device, device_scalars=device_scalars,
+                             window=window, order=order)
+
+            chain, replays = None, None
+            use_graph, why = _graph_plan(graph, device, steps, energies is not None or traj is not None,
+                                         modules, parts)
+            host = device.type == "cpu" and not use_graph  # scalars on the host only for CPU eager chains
+            sched = _by_step(eta, sigma, order, device, host=host)
+            if use_graph:
+                key = _graph_key(expr, leaves, parts, modules, x0, (
+                    stepper.backend, stepper.order, stepper.grad_clip, stepper.clamp, grouping, memory_format,
+                    str(autocast),
+                    repr(sorted(compile.items())) if isinstance(compile, dict) else compile, str(state_dtype),
+                    window))
+                chain, replays, info.graph = _graphed_chain(key, new_chain, leaves, x0, seed, sched, steps)
+                if chain is None and "failed (" in info.graph:
+                    info.warnings.append(info.graph)
+            elif why:
+                info.graph = f"eager: {why}"
+            if chain is None:
+                chain = new_chain(device_scalars=not host)
+                chain.load(x0.detach(), seed, sched)
+            if reinit:
+                chain.reinit_init = _init_fn(init, clamp, x0.shape[1:], state_dtype, device, seed)
+            result = _run(chain, leaves, steps, seed, every, replays, reinit, energies, traj, info)
+            if replays is not None:
+                result = result.clone()  # the static buffer belongs to the cached graph
+
+    out = [result.to(x0.dtype) if result.dtype != x0.dtype else result]
+    if energies is not None:
+        out.append(energies)
+    if traj is not None:
+        out.append(traj.to(x0.dtype))
+    if return_info:
+        out.append(info)
+    return out[0] if len(out) == 1 else tuple(out)
+
+
+def _run(chain: Chain, leaves, steps: int, seed: int, every: int, replays, reinit: bool, energies, traj,
+         info: SampleInfo) -> Tensor:
+    """Drive the loaded chain, read its flag once, raise or report; return the state buffer."""
+
+    def raise_at(s: int) -> None:
+        bits, state, _, _ = chain.status()
+        raise FloatingPointError(_nonfinite_message(leaves, bits, state, s, s, steps, seed))
+
+    record = None
+    if energies is not None or traj is not None:
+        if traj is not None:
+            traj[0].copy_(chain.x)
+
+        def record(s: int) -> None:
+            if energies is not None:
+                energies[s - 1].copy_(chain.energy)
+            if traj is not None and s % every == 0:
+                traj[s // every].copy_(chain.x)
+
+    _drive(chain, steps, replays=replays, reinit=reinit, raise_at=None if reinit else raise_at, record=record)
+    bits, state, first, count = chain.status()
+    if (bits or state) and not reinit:
+        last = min(first + chain.window - 1, steps) if chain.device_scalars else first
+        raise FloatingPointError(_nonfinite_message(leaves, bits, state, first, last, steps, seed))
+    info.reinitialized = count
+    info.nonfinite_leaves = [repr(leaves[i]) for i in range(len(leaves)) if bits >> i & 1]
+    info.nonfinite_state = state
+    return chain.x
+
+
+def langevin(energy_fn: Callable[[Tensor], Tensor], x0: Tensor, *, steps: int, step_size, noise,
+             clamp: tuple[float, float] | None = None, order: str = "noise_first", **options):
+    """Langevin dynamics on any energy callable: the one-call replacement of a research sampling loop.
+
+    Args:
+        energy_fn: ``x [B, ...] -> energies`` of shape ``(B,)``, ``(B, 1)`` or ``(B, k)`` (summed over
+            the trailing dimensions), differentiable in ``x``: a model, ``lambda x: model(x, c)``, an
+            analytic energy.
+        x0, steps, step_size, noise: as for :func:`sample`.
+        clamp: ``(lo, hi)`` or None (default None: no clamp; the released image code uses ``(0, 1)``).
+        order: ``"noise_first"`` (default, the released code's loop) or ``"ula"``.
+        **options: any other option of :func:`sample` (``seed``, ``grad_clip``, ``backend``, ``graph``,
+            ``return_energies``, ``trajectory``, ``every``, ``return_info``, ...).
+
+    Returns:
+        As :func:`sample`.
+    """
+    if not callable(energy_fn):
+        raise TypeError(f"energy_fn must be callable x -> energies, got {type(energy_fn).__name__}")
+    return sample(Concept(energy_fn), x0, steps=steps, step_size=step_size, noise=noise, clamp=clamp,
+                  order=order, **options)
+
+
+# ---- helpers of sample() -------------------------------------------------------------------------
+def _graph_plan(graph, device: torch.device, steps: int, diagnostics: bool, modules, parts) -> tuple[bool, str]:
+    """Whether to capture this chain, and if not, why (ValueError when graph=True is impossible)."""
+    if graph is False:
+        return False, ""
+    impossible = []
+    why_not = graphs.graph_support(device)
+    if why_not:
+        impossible.append(why_not)
+    if diagnostics:
+        impossible.append("return_energies/trajectory record every step, which runs eagerly")
+    if any(couples_samples(m) for m in modules):
+        impossible.append("a model has BatchNorm in training mode: the capture's warm-up steps would "
+                          "update its running statistics")
+    if graph is True:
+        if impossible:
+            raise ValueError("graph=True is impossible: " + "; ".join(impossible))
+        return True, ""
+    if impossible:
+        return False, "; ".join(impossible)
+    if steps < 2:
+        return False, "a single step is not worth a capture"
+    if not all(p.complete for p in parts):
+        return False, ("a model callable holds objects ebm_fast cannot look into, so a cached graph could "
+                       "read stale memory (pass graph=True to capture anyway)")
+    return True, ""
+
+
+def _graph_key(expr: Expr, leaves, parts, modules, x0: Tensor, options: tuple) -> tuple:
+    """Everything a captured chain depends on (see :mod:`ebm_fast.graphs`); condition *values* are not
+    in it: they are copied into the cached chain's buffers on every call."""
+    first_use: dict[int, int] = {}
+    model_pattern = tuple(first_use.setdefault(id(leaf.model), i) for i, leaf in enumerate(leaves))
+    conds = tuple((None if leaf.cond is None else (tuple(leaf.cond.shape), str(leaf.cond.dtype)),
+                   leaf.per_sample) for leaf in leaves)
+    return ("chain", tuple(expr.program.table.flatten().tolist()), model_pattern, conds,
+            tuple(p.fingerprint for p in parts), tuple(graphs.module_state(m) for m in modules),
+            tuple(x0.shape), str(x0.dtype), str(x0.device), options)
+
+
+def _graphed_chain(key: tuple, new_chain: Callable[[bool], Chain], leaves, x0: Tensor, seed: int, sched,
+                   steps: int):
+    """``(chain, replays, info.graph)``: a cached or newly captured chain, loaded with ``x0``; or
+    ``(None, None, why)`` when capture fails (warned once per key) and the chain must run eagerly."""
+    failed = graphs.CACHE.failed(key)
+    if failed is not None:
+        return None, None, f"eager: graph capture failed before ({failed})"
+    entry = graphs.CACHE.get(key)
+    status = "replayed"
+    if entry is None:
+        entry = graphs.GraphEntry(chain=new_chain(True))
+        status = "captured"
+    chain: Chain = entry.chain
+    if status == "replayed":
+        chain.evaluator.load_conditions(leaves)
+    window = chain.window
+    lengths = ({window} if steps >= window else set()) | ({steps % window} if steps % window else set())
+    missing = sorted(n for n in lengths if n not in entry.replays)
+    chain.load(x0.detach(), seed, sched)
+    if not missing:
+        return chain, entry.replays, status
+    try:
+        for n in missing:
+            chain.begin_chunk(1, n)
+            entry.replays[n] = graphs.capture(lambda n=n: chain.run_steps(n), chain.warmup_step, x0.device)
+            graphs.CACHE.captures += 1
+    except Exception as exc:  # any capture failure falls back to eager; the reason is reported
+        reason = f"{type(exc).__name__}: {exc}".strip()
+        graphs.CACHE.mark_failed(key, reason)
+        warnings.warn(f"CUDA graph capture of the Langevin chain failed ({reason}); running it eagerly "
+                      "(shown once per chain configuration)", RuntimeWarning, stacklevel=3)
+        return None, None, f"eager: graph capture failed ({reason})"
+    graphs.CACHE.put(key, entry)
+    chain.load(x0.detach(), seed, sched)  # the warm-up steps moved the state
+    return chain, entry.replays, "captured"
+
+
+def _init_fn(init, clamp, sample_shape, dtype: torch.dtype, device: torch.device, seed: int):
+    """``n -> [n, *sample_shape]`` fresh states for re-initialised chains."""
+    if init is not None:
+        def user_init(n: int) -> Tensor:
+            t = init(n)
+            if not isinstance(t, Tensor) or tuple(t.shape) != (n, *sample_shape):
+                got = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+                raise ValueError(f"init({n}) must return a Tensor of shape {(n, *sample_shape)}, got {got}")
+            return t.to(device=device, dtype=dtype)
+        return user_init
+    lo, hi = float(clamp[0]), float(clamp[1])
+    gen = torch.Generator(device=device)
+    gen.manual_seed((seed ^ 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF)
+
+    def uniform_init(n: int) -> Tensor:
+        u = torch.rand((n, *sample_shape), generator=gen, device=device, dtype=torch.float32)
+        return (lo + (hi - lo) * u).to(dtype)
+    return uniform_init
