@@ -193,32 +193,13 @@ struct Ctx {
   uint64_t seed, step;
 };
 
+// The update of elements [d0, d0 + n) of row b, given their normals xin[0..n).
 template <class T>
-inline __attribute__((always_inline)) void block_impl(const Ctx& c, int64_t b, int64_t d0, int64_t n,
-                                                      uint32_t& bad_leaf, int& bad_state) {
+inline __attribute__((always_inline)) void row_impl(const Ctx& c, int64_t b, int64_t d0, int64_t n,
+                                                    const float* xin, float* g, float* xv, uint32_t& bad_leaf,
+                                                    int& bad_state) {
   using S = typename T::storage;
   const StepArgs& a = *c.a;
-  alignas(64) float xi[BLOCK + 8];  // normals of elements d0 - off .. (whole Philox groups)
-  alignas(64) float g[BLOCK];
-  alignas(64) float xv[BLOCK];
-
-  int64_t off = 0;
-  if (c.sigma != 0.0f) {
-    const uint64_t j0 = static_cast<uint64_t>(b * a.D + d0);
-    const uint64_t q0 = j0 >> 2;
-    const int64_t nq = static_cast<int64_t>(((j0 + n + 3) >> 2) - q0);
-    off = static_cast<int64_t>(j0 & 3u);
-    alignas(64) uint32_t r0[PHILOX_GROUPS], r1[PHILOX_GROUPS], r2[PHILOX_GROUPS], r3[PHILOX_GROUPS];
-    philox_planar(r0, r1, r2, r3, q0, nq, c.seed, c.step);
-#pragma omp simd
-    for (int64_t t = 0; t < nq; ++t) {
-      box_muller(uint_to_uniform(r0[t]), uint_to_uniform(r1[t]), xi[4 * t], xi[4 * t + 1]);
-      box_muller(uint_to_uniform(r2[t]), uint_to_uniform(r3[t]), xi[4 * t + 2], xi[4 * t + 3]);
-    }
-  } else {
-    memset(xi, 0, sizeof(float) * n);  // sigma = 0: no RNG (sigma * xi would be 0 anyway)
-  }
-
   const S* xr = static_cast<const S*>(a.x) + b * a.x_stride + d0;
 #pragma omp simd
   for (int64_t k = 0; k < n; ++k) xv[k] = T::load(xr[k]);
@@ -252,7 +233,6 @@ inline __attribute__((always_inline)) void block_impl(const Ctx& c, int64_t b, i
   // clamp(moved + s_in xi) + s_out xi with one of s_in, s_out zero: adding 0 changes no value.
   const bool noise_first = a.order == ORDER_NOISE_FIRST;
   const float s_in = noise_first ? 0.0f : c.sigma, s_out = noise_first ? c.sigma : 0.0f;
-  const float* xin = xi + off;
   int bad = 0;
 #pragma omp simd reduction(| : bad)
   for (int64_t k = 0; k < n; ++k) {
@@ -266,17 +246,54 @@ inline __attribute__((always_inline)) void block_impl(const Ctx& c, int64_t b, i
   bad_state |= bad;
 }
 
-EBM_CPU_CLONES void process_block(const Ctx& c, int64_t b, int64_t d0, int64_t n, uint32_t& bad_leaf,
-                                  int& bad_state) {
+// One item of work: elements [d0, d0 + n) of rows b0 .. b0 + rows - 1. Several rows share an item
+// only when they are short (rows > 1 implies d0 == 0, n == D and rows * D <= BLOCK): their noise is
+// one contiguous range of the flat index j, drawn in one vectorised Philox call. Per-row items at
+// B = 1024, D = 2 cost 118 us a step, against 19 us for the same 2048 elements as B = 64, D = 32.
+template <class T>
+inline __attribute__((always_inline)) void block_impl(const Ctx& c, int64_t b0, int64_t rows, int64_t d0,
+                                                      int64_t n, uint32_t& bad_leaf, int& bad_state) {
+  const StepArgs& a = *c.a;
+  alignas(64) float xi[BLOCK + 8];  // normals of elements d0 - off .. (whole Philox groups)
+  alignas(64) float g[BLOCK];
+  alignas(64) float xv[BLOCK];
+
+  const int64_t span = (rows - 1) * a.D + n;  // flat elements covered (<= BLOCK)
+  int64_t off = 0;
+  if (c.sigma != 0.0f) {
+    const uint64_t j0 = static_cast<uint64_t>(b0 * a.D + d0);
+    const uint64_t q0 = j0 >> 2;
+    const int64_t nq = static_cast<int64_t>(((j0 + span + 3) >> 2) - q0);
+    off = static_cast<int64_t>(j0 & 3u);
+    alignas(64) uint32_t r0[PHILOX_GROUPS], r1[PHILOX_GROUPS], r2[PHILOX_GROUPS], r3[PHILOX_GROUPS];
+    philox_planar(r0, r1, r2, r3, q0, nq, c.seed, c.step);
+#pragma omp simd
+    for (int64_t t = 0; t < nq; ++t) {
+      box_muller(uint_to_uniform(r0[t]), uint_to_uniform(r1[t]), xi[4 * t], xi[4 * t + 1]);
+      box_muller(uint_to_uniform(r2[t]), uint_to_uniform(r3[t]), xi[4 * t + 2], xi[4 * t + 3]);
+    }
+  } else {
+    memset(xi, 0, sizeof(float) * span);  // sigma = 0: no RNG (sigma * xi would be 0 anyway)
+  }
+
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t b = b0 + r;
+    row_impl<T>(c, b, d0, n, xi + off + r * a.D, g, xv, bad_leaf, bad_state);
+  }
+}
+
+
+EBM_CPU_CLONES void process_block(const Ctx& c, int64_t b0, int64_t rows, int64_t d0, int64_t n,
+                                  uint32_t& bad_leaf, int& bad_state) {
   switch (c.a->dtype) {
     case DTYPE_F16:
-      block_impl<F16>(c, b, d0, n, bad_leaf, bad_state);
+      block_impl<F16>(c, b0, rows, d0, n, bad_leaf, bad_state);
       break;
     case DTYPE_BF16:
-      block_impl<BF16>(c, b, d0, n, bad_leaf, bad_state);
+      block_impl<BF16>(c, b0, rows, d0, n, bad_leaf, bad_state);
       break;
     default:
-      block_impl<F32>(c, b, d0, n, bad_leaf, bad_state);
+      block_impl<F32>(c, b0, rows, d0, n, bad_leaf, bad_state);
       break;
   }
 }
@@ -309,14 +326,18 @@ void langevin_step_cpu(const StepArgs& a) {
 
   int bad_state = 0;
   if (B > 0 && D > 0) {
-    const int64_t blocks_per_row = (D + BLOCK - 1) / BLOCK;
-    const int64_t items = B * blocks_per_row;
+    // Short rows are grouped (whole rows, up to BLOCK elements per item); long rows are split.
+    const int64_t rows_per_item = D <= BLOCK / 2 ? BLOCK / D : 1;
+    const int64_t blocks_per_row = rows_per_item > 1 ? 1 : (D + BLOCK - 1) / BLOCK;
+    const int64_t row_groups = (B + rows_per_item - 1) / rows_per_item;
+    const int64_t items = row_groups * blocks_per_row;
 #pragma omp parallel for schedule(dynamic, DYNAMIC_CHUNK) reduction(| : bad_leaf, bad_state) \
     if (B * D >= PARALLEL_MIN_ELEMENTS)
     for (int64_t t = 0; t < items; ++t) {
-      const int64_t b = t / blocks_per_row;
-      const int64_t d0 = (t - b * blocks_per_row) * BLOCK;
-      process_block(c, b, d0, std::min(BLOCK, D - d0), bad_leaf, bad_state);
+      const int64_t grp = t / blocks_per_row;
+      const int64_t b0 = grp * rows_per_item;
+      const int64_t d0 = (t - grp * blocks_per_row) * BLOCK;
+      process_block(c, b0, std::min(rows_per_item, B - b0), d0, std::min(BLOCK, D - d0), bad_leaf, bad_state);
     }
   }
   if (bad_leaf) __atomic_fetch_or(reinterpret_cast<uint32_t*>(a.flag), bad_leaf, __ATOMIC_RELAXED);
