@@ -37,7 +37,7 @@ def _median_time(fn, repeats=3):
 
 
 @pytest.mark.benchmark(group="infer-grid")
-@pytest.mark.parametrize("images,grid", [(4, 8), (16, 8)])
+@pytest.mark.parametrize("images,grid", [(1, 8), (4, 8), (16, 8)])
 def test_grid_inference_batched_vs_loop(benchmark, machine, images, grid):
     torch.manual_seed(0)
     model = build_model("small32", cond_dim=2, cond_type="continuous").eval()
