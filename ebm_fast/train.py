@@ -50,6 +50,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .dictconfig import DictConfig
 from .checkpoint import CheckpointManager, rng_state, set_rng_state
 from .continual import FrozenConcept, load_frozen, negatives_expr, param_digest
 from .models import MODEL_CONFIGS, build_model, save_model
@@ -67,7 +68,7 @@ RESUME_OVERRIDABLE = ("iterations", "log_every", "image_every", "checkpoint_ever
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(DictConfig):
     """Everything a training run needs (defaults: the paper's settings where it gives them).
 
     Data: ``data`` is ``"scenes"`` (render/cache :mod:`ebm_fast.data.scenes` with ``n_images``,
@@ -161,18 +162,6 @@ class TrainConfig:
             v = getattr(self, name)
             if v is not None:
                 setattr(self, name, (v,) if isinstance(v, str) else tuple(v))
-
-    def to_dict(self) -> dict:
-        """A dict of primitives (tuples become lists): JSON- and ``weights_only``-safe."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"train config: unknown keys {sorted(unknown)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
 # ---- data ------------------------------------------------------------------------------------------

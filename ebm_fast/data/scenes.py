@@ -80,6 +80,8 @@ from typing import Callable, Iterable, NamedTuple, Sequence
 
 import numpy as np
 
+from ..dictconfig import DictConfig
+
 __all__ = [
     "SHAPES",
     "PALETTE",
@@ -239,7 +241,7 @@ def _normalise_names(name: str, values: Iterable[str] | str, allowed: Sequence[s
 
 
 @dataclass(frozen=True)
-class SceneConfig:
+class SceneConfig(DictConfig):
     """What to render.  Invalid values raise ``ValueError`` naming the field.
 
     Attributes:
@@ -295,19 +297,6 @@ class SceneConfig:
     def replace(self, **changes) -> "SceneConfig":
         """A copy with ``changes`` applied (validated again)."""
         return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict:
-        """JSON-serialisable dict (tuples become lists)."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "SceneConfig":
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - fields
-        if unknown:
-            raise ValueError(f"config: expected keys from {sorted(fields)}, got unknown {sorted(unknown)}")
-        kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-        return cls(**kw)
 
 
 SceneSpec = SceneConfig  # alias used in the project's issue text
