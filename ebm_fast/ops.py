@@ -243,9 +243,7 @@ def langevin_step(x: Tensor, grads, energies, expr: Expr, *, step_size, noise, s
     if x.dim() < 2:
         raise ValueError(f"x must have shape [B, D] or [B, ...], got {tuple(x.shape)}")
     device = x.device
-    program = expr.program
-    program.check_integrable()
-    n = program.num_leaves
+    n = expr.program.num_leaves
     grads = _stack("grads", grads, device)
     energies = _stack("energies", energies, device)
     batch = x.shape[0]
@@ -266,7 +264,7 @@ def langevin_step(x: Tensor, grads, energies, expr: Expr, *, step_size, noise, s
         raise TypeError(f"grads dtype {grads.dtype} does not match x dtype {x.dtype}")
     if not energies.is_floating_point():
         raise TypeError(f"energies must be floating point, got {energies.dtype}")
-    grad_clip, clamp = _check_fixed(order, grad_clip, clamp)
+    prepared = prepare_step(expr, device, order=order, grad_clip=grad_clip, clamp=clamp, backend=backend)
     step_size = _scalar_arg("step_size", step_size, device, torch.float32, integer=False)
     noise = _scalar_arg("noise", noise, device, torch.float32, integer=False)
     seed = _scalar_arg("seed", seed, device, torch.int64, integer=True)
@@ -284,7 +282,6 @@ def langevin_step(x: Tensor, grads, energies, expr: Expr, *, step_size, noise, s
         raise ValueError(f"flag must be an int32 tensor of shape (2,) on {device}, got "
                          f"{flag.dtype} {tuple(flag.shape)} on {flag.device}")
 
-    name = resolve_backend(backend, device)
     # Flatten to the kernels' layout: rows with unit inner stride; fp64 runs as fp32.
     work_dtype = torch.float32 if x.dtype == torch.float64 else x.dtype
     x2 = _flatten(x.detach().to(work_dtype), 1)
@@ -297,9 +294,8 @@ def langevin_step(x: Tensor, grads, energies, expr: Expr, *, step_size, noise, s
         out2 = torch.empty_like(x2)
     energy_out = torch.empty(batch, dtype=torch.float32, device=device)
     with torch.no_grad():
-        _step_fn(name)(x2, g3, e2, program.on(device), step_size=step_size, noise=noise, seed=seed,
-                       step=step, order=ORDERS[order], grad_clip=grad_clip, clamp=clamp, out=out2,
-                       energy_out=energy_out, flag=flag)
+        prepared(x2, g3, e2, step_size=step_size, noise=noise, seed=seed, step=step, out=out2,
+                 energy_out=energy_out, flag=flag)
     if not direct:
         with torch.no_grad():
             result.copy_(out2.view(x.shape))
