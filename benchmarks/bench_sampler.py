@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 import os
-import platform
 import time
 from typing import Callable
 
@@ -34,6 +33,7 @@ from torch import nn
 import ebm_fast as ef
 from ebm_fast.leaf_eval import frozen_parameters
 from ebm_fast.models import build_model
+from machine import device_name
 
 # torch.compile imports torch.jit internals that warn; the project's pytest config turns warnings into errors
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -46,19 +46,6 @@ COMPILE = os.environ.get("EBM_FAST_BENCH_COMPILE", "1") != "0"
 def _sync() -> None:
     if ON_GPU:
         torch.cuda.synchronize()
-
-
-def _device_name() -> str:
-    if ON_GPU:
-        return torch.cuda.get_device_name()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip() + f" ({os.cpu_count()} cores)"
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
 
 
 def timed(variants: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
@@ -87,7 +74,8 @@ def record(benchmark, ours: Callable[[], object], times: dict[str, float], ours_
            **meta) -> None:
     info = benchmark.extra_info
     info.update(meta)
-    info.update(device=_device_name(), torch=torch.__version__, threads=torch.get_num_threads(),
+    info.update(device=device_name("cuda" if ON_GPU else "cpu"), torch=torch.__version__,
+                threads=torch.get_num_threads(),
                 backend=ef.ops.resolve_backend("auto", DEVICE))
     info["ms"] = {k: round(v * 1e3, 3) for k, v in times.items()}
     t = times[ours_name]

@@ -3,39 +3,14 @@
 from __future__ import annotations
 
 import os
-import platform
 
 import pytest
 import torch
 
+from machine import machine_info
+
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
-
-
-def device_name(device: torch.device | str = "cpu") -> str:
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
-    except OSError:
-        pass
-    return f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
-
-
-def machine_info(device: torch.device | str = "cpu") -> dict:
-    """Device name, torch/triton versions and thread count, for ``benchmark.extra_info``."""
-    try:
-        import triton
-
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = None
-    return {"device": device_name(device), "torch": torch.__version__, "triton": triton_version,
-            "threads": torch.get_num_threads()}
 
 
 @pytest.fixture

@@ -293,9 +293,8 @@ def langevin_step(x: Tensor, grads, energies, expr: Expr, *, step_size, noise, s
     if not direct:
         out2 = torch.empty_like(x2)
     energy_out = torch.empty(batch, dtype=torch.float32, device=device)
-    with torch.no_grad():
-        prepared(x2, g3, e2, step_size=step_size, noise=noise, seed=seed, step=step, out=out2,
-                 energy_out=energy_out, flag=flag)
+    prepared(x2, g3, e2, step_size=step_size, noise=noise, seed=seed, step=step, out=out2,
+             energy_out=energy_out, flag=flag)
     if not direct:
         with torch.no_grad():
             result.copy_(out2.view(x.shape))

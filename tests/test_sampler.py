@@ -25,16 +25,9 @@ import ebm_fast as ef
 from ebm_fast import graphs
 from ebm_fast.rng import normal_noise
 
-from support import TOL, expressions
+from support import TOL, backend_or_skip, expressions
 
 BACKENDS_CPU = ["torch", "cpu"]
-
-
-def backend_or_skip(name: str) -> str:
-    # The C++ backend is built by another issue; skip (not fail) while ebm_fast._C is absent.
-    if name not in ef.ops.available_backends("cpu"):
-        pytest.skip(f"backend {name!r} is not available (ebm_fast._C not built)")
-    return name
 
 
 @pytest.fixture(autouse=True)
