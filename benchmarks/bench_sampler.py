@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from typing import Callable
 
 import pytest
@@ -34,6 +33,7 @@ import ebm_fast as ef
 from ebm_fast.leaf_eval import frozen_parameters
 from ebm_fast.models import build_model
 from machine import device_name
+from timing import timed
 
 # torch.compile imports torch.jit internals that warn; the project's pytest config turns warnings into errors
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -41,33 +41,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 ON_GPU = DEVICE.type == "cuda"
 COMPILE = os.environ.get("EBM_FAST_BENCH_COMPILE", "1") != "0"
-
-
-def _sync() -> None:
-    if ON_GPU:
-        torch.cuda.synchronize()
-
-
-def timed(variants: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
-    """Fastest seconds per variant over ``rounds`` round-robin rounds (one warm-up call each first).
-
-    The minimum, not the median: on a shared machine other processes only ever add time, and the
-    median of two identical variants differed by 15% at a load average of 5 on 2 cores.
-    """
-    for fn in variants.values():
-        fn()
-    _sync()
-    names = list(variants)
-    samples: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(rounds):
-        order = names[r % len(names):] + names[:r % len(names)]
-        for n in order:
-            _sync()
-            t0 = time.perf_counter()
-            variants[n]()
-            _sync()
-            samples[n].append(time.perf_counter() - t0)
-    return {n: min(v) for n, v in samples.items()}
 
 
 def record(benchmark, ours: Callable[[], object], times: dict[str, float], ours_name: str, floor: float | None,

@@ -32,11 +32,14 @@ import pytest
 import torch
 
 from ebm_fast.train import Trainer, TrainConfig, synthetic_data
+from machine import device_name
+from timing import timed
 
 CASES = {
-    # name: (model, resolution, batch, K)
-    "small32-b32-k20": ("small32", 32, 32, 20),
-    "tiny16-b32-k20": ("tiny", 16, 32, 20),
+    # name: (model, resolution, batch, K, chains under torch.compile)
+    "small32-b32-k20": ("small32", 32, 32, 20, False),
+    "small32-b32-k20-compile": ("small32", 32, 32, 20, True),
+    "tiny16-b32-k20": ("tiny", 16, 32, 20, False),
 }
 
 
@@ -107,14 +110,16 @@ def network_floor(tr: Trainer, x: torch.Tensor, c: torch.Tensor) -> float:
 
 def measure(case: str, rounds: int = 5, threads: int | None = None) -> dict:
     """Alternate ``rounds`` reference and ebm_fast iterations; medians and the split in seconds."""
-    model, res, batch, steps = CASES[case]
+    model, res, batch, steps, compiled = CASES[case]
     if threads:
         torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as out:
         torch.manual_seed(0)
-        tr = make_trainer(model, res, batch, steps, out)
-        for _ in range(2):  # fill the buffer a little, warm up allocator and kernels
+        tr = make_trainer(model, res, batch, steps, out, compile=compiled)
+        t = time.perf_counter()
+        for _ in range(2):  # fill the buffer a little, warm up allocator and kernels (and compile)
             tr.step()
+        warmup_s = time.perf_counter() - t
         ref = ReferenceIteration(tr)
         ref.step()
         ours, theirs, floor = [], [], []
@@ -132,7 +137,8 @@ def measure(case: str, rounds: int = 5, threads: int | None = None) -> dict:
         return statistics.median(r[i] for r in rows)
 
     return {
-        "case": case, "model": model, "resolution": res, "batch": batch, "steps": steps,
+        "case": case, "model": model, "resolution": res, "batch": batch, "steps": steps, "compile": compiled,
+        "warmup_s": warmup_s,
         "threads": torch.get_num_threads(), "device": "cpu", "dtype": "float32", "rounds": rounds,
         "ours_s": med(ours, 0), "ours_sample_s": med(ours, 1), "ours_update_s": med(ours, 2),
         "ref_s": med(theirs, 0), "ref_sample_s": med(theirs, 1), "ref_update_s": med(theirs, 2),
@@ -142,29 +148,22 @@ def measure(case: str, rounds: int = 5, threads: int | None = None) -> dict:
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_bench_train_iteration(benchmark, case):
-    model, res, batch, steps = CASES[case]
+    """Both iterations timed round-robin (7 rounds, the fastest of each: see benchmarks/timing.py)."""
+    model, res, batch, steps, compiled = CASES[case]
     with tempfile.TemporaryDirectory() as out:
         torch.manual_seed(0)
-        tr = make_trainer(model, res, batch, steps, out)
-        tr.step()
+        tr = make_trainer(model, res, batch, steps, out, compile=compiled)
+        t = time.perf_counter()
+        tr.step()  # the first iteration compiles (with compile=True)
+        warmup_s = time.perf_counter() - t
         ref = ReferenceIteration(tr)
-        ref_times = []
-
-        def ours_then_ref():
-            s = tr.step()
-            t = time.perf_counter()
-            ref.step()
-            ref_times.append(time.perf_counter() - t)
-            return s
-
-        # the timed call includes the reference; the reference's share is subtracted below
-        benchmark.pedantic(ours_then_ref, rounds=5, warmup_rounds=1)
-        total = benchmark.stats.stats.median
-        ref_med = statistics.median(ref_times)
-    benchmark.extra_info.update({"device": "cpu", "dtype": "float32", "shape": [batch, 3, res, res],
-                                 "model": model, "steps": steps, "threads": torch.get_num_threads(),
-                                 "ref_median_s": ref_med, "ours_median_s": total - ref_med,
-                                 "speedup": ref_med / max(total - ref_med, 1e-9)})
+        times = timed({"ebm_fast": tr.step, "reference": ref.step}, rounds=7)
+        benchmark.pedantic(tr.step, rounds=3, warmup_rounds=0)
+    benchmark.extra_info.update({"device": device_name("cpu"), "dtype": "float32", "shape": [batch, 3, res, res],
+                                 "model": model, "steps": steps, "compile": compiled, "first_iteration_s": warmup_s,
+                                 "threads": torch.get_num_threads(), "torch": torch.__version__,
+                                 "ref_s": times["reference"], "ours_s": times["ebm_fast"],
+                                 "speedup": times["reference"] / times["ebm_fast"]})
 
 
 def main() -> None:
@@ -174,12 +173,12 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args()
     print(f"{'case':<18} {'thr':>3} {'ebm_fast s/it':>13} {'(sample':>8} {'update)':>8} {'reference s/it':>14} "
-          f"{'(sample':>8} {'update)':>8} {'speed-up':>8} {'floor':>6}")
+          f"{'(sample':>8} {'update)':>8} {'speed-up':>8} {'floor':>6} {'warm-up s':>9}")
     for case in args.case:
         r = measure(case, args.rounds, args.threads)
         print(f"{case:<18} {r['threads']:>3} {r['ours_s']:>13.3f} {r['ours_sample_s']:>8.3f} {r['ours_update_s']:>8.3f} "
               f"{r['ref_s']:>14.3f} {r['ref_sample_s']:>8.3f} {r['ref_update_s']:>8.3f} {r['speedup']:>7.2f}x "
-              f"{r['floor_sample_s']:>6.3f}")
+              f"{r['floor_sample_s']:>6.3f} {r['warmup_s']:>9.1f}")
 
 
 if __name__ == "__main__":

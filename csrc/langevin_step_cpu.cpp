@@ -1,6 +1,6 @@
 // The fused Langevin step (SPEC §3) on the CPU: OpenMP over (sample, block of D), vectorised
 // inner loops. Per call:
-//   1. per sample b: leaf weights w[b, :] and the root energy from the program table (cheap: O(B M));
+//   1. per group of LANES samples: leaf weights w[b, :] and the root energy from the program table;
 //   2. per block of up to BLOCK elements of one row: the Philox normals of the block (4 per Philox
 //      call), x, g = sum_i w_i G[i] (checking G for non-finite values), the update, the store.
 // Step 2's loops are `omp simd` over local buffers, so they vectorise although `out` may alias `x`.
@@ -193,11 +193,37 @@ struct Ctx {
   uint64_t seed, step;
 };
 
-// The update of elements [d0, d0 + n) of row b, given their normals xin[0..n).
+// g[k] = (first ? 0 : g[k]) + weight(k) * G[k] over k < n; returns a sum that is NaN exactly when
+// some G[k] is inf or NaN (v - v).
+template <class T, class Weight>
+inline __attribute__((always_inline)) float accumulate(const typename T::storage* gr, int64_t n, bool first,
+                                                       float* g, Weight weight) {
+  float chk = 0.0f;
+  if (first) {
+#pragma omp simd reduction(+ : chk)
+    for (int64_t k = 0; k < n; ++k) {
+      const float v = T::load(gr[k]);
+      g[k] = weight(k) * v;
+      chk += v - v;
+    }
+  } else {
+#pragma omp simd reduction(+ : chk)
+    for (int64_t k = 0; k < n; ++k) {
+      const float v = T::load(gr[k]);
+      g[k] += weight(k) * v;
+      chk += v - v;
+    }
+  }
+  return chk;
+}
+
+// The update of a span of n elements given their normals xin[0..n): elements [d0, d0 + n) of row b
+// (rows == 1), or whole rows b .. b + rows - 1 stored back to back (rows > 1: d0 == 0, n == rows * D,
+// every row stride equal to D), which run as one vector loop with per-element leaf weights.
 template <class T>
-inline __attribute__((always_inline)) void row_impl(const Ctx& c, int64_t b, int64_t d0, int64_t n,
-                                                    const float* xin, float* g, float* xv, uint32_t& bad_leaf,
-                                                    int& bad_state) {
+inline __attribute__((always_inline)) void span_impl(const Ctx& c, int64_t b, int64_t rows, int64_t d0, int64_t n,
+                                                     const float* xin, float* g, float* xv, uint32_t& bad_leaf,
+                                                     int& bad_state) {
   using S = typename T::storage;
   const StepArgs& a = *c.a;
   const S* xr = static_cast<const S*>(a.x) + b * a.x_stride + d0;
@@ -207,22 +233,16 @@ inline __attribute__((always_inline)) void row_impl(const Ctx& c, int64_t b, int
   const float* wb = c.w + b * a.N;
   for (int i = 0; i < a.N; ++i) {
     const S* gr = static_cast<const S*>(a.g) + i * a.g_stride_n + b * a.g_stride_b + d0;
-    const float wi = wb[i];
-    float chk = 0.0f;  // v - v is NaN exactly when v is inf or NaN
-    if (i == 0) {
-#pragma omp simd reduction(+ : chk)
-      for (int64_t k = 0; k < n; ++k) {
-        const float v = T::load(gr[k]);
-        g[k] = wi * v;
-        chk += v - v;
-      }
+    float chk;
+    if (rows == 1) {
+      const float wi = wb[i];
+      chk = accumulate<T>(gr, n, i == 0, g, [wi](int64_t) { return wi; });
     } else {
-#pragma omp simd reduction(+ : chk)
-      for (int64_t k = 0; k < n; ++k) {
-        const float v = T::load(gr[k]);
-        g[k] += wi * v;
-        chk += v - v;
+      alignas(64) float wk[BLOCK];  // leaf i's weight of each element
+      for (int64_t r = 0; r < rows; ++r) {
+        for (int64_t d = 0; d < a.D; ++d) wk[r * a.D + d] = wb[r * a.N + i];
       }
+      chk = accumulate<T>(gr, n, i == 0, g, [&wk](int64_t k) { return wk[k]; });
     }
     if (chk != chk) bad_leaf |= 1u << i;
   }
@@ -276,9 +296,12 @@ inline __attribute__((always_inline)) void block_impl(const Ctx& c, int64_t b0, 
     memset(xi, 0, sizeof(float) * span);  // sigma = 0: no RNG (sigma * xi would be 0 anyway)
   }
 
-  for (int64_t r = 0; r < rows; ++r) {
-    const int64_t b = b0 + r;
-    row_impl<T>(c, b, d0, n, xi + off + r * a.D, g, xv, bad_leaf, bad_state);
+  if (rows > 1 && a.x_stride == a.D && a.out_stride == a.D && a.g_stride_b == a.D) {
+    span_impl<T>(c, b0, rows, 0, span, xi + off, g, xv, bad_leaf, bad_state);
+  } else {
+    for (int64_t r = 0; r < rows; ++r) {
+      span_impl<T>(c, b0 + r, 1, d0, n, xi + off + r * a.D, g, xv, bad_leaf, bad_state);
+    }
   }
 }
 
@@ -296,6 +319,115 @@ EBM_CPU_CLONES void process_block(const Ctx& c, int64_t b0, int64_t rows, int64_
       block_impl<F32>(c, b0, rows, d0, n, bad_leaf, bad_state);
       break;
   }
+}
+
+// ---- the program, LANES samples at a time -----------------------------------------------------
+// eval_program (program_eval.h) walks the table once per sample: its branches and index loads cost
+// ~40 ns a sample even for an And. Here the table is walked once per group of LANES samples and every
+// operation runs across the lanes (structure of arrays, `omp simd`), in eval_program's order, so the
+// values are those of eval_program (up to FMA contraction in the AVX2/AVX-512 clones). A malformed
+// table is handled as there: edges to non-parents are dropped, leaves that never occur get weight 0.
+constexpr int LANES = 16;
+
+EBM_CPU_CLONES void eval_program_lanes(const float* table, int M, int N, const float* energy, int64_t B,
+                                       int64_t b0, int nl, float* w, float* root, uint32_t& bad_leaf) {
+  alignas(64) float e[MAX_NODES][LANES];
+  alignas(64) float acc[MAX_NODES][LANES];  // forward: SUM running sum / LSE running max; then adjoints
+  alignas(64) float s[MAX_NODES][LANES];    // LSE running sum of exp(z - max)
+  uint64_t started = 0;
+  for (int k = 0; k < M; ++k) {
+    const float* row = table + k * TABLE_COLUMNS;
+    const int kind = static_cast<int>(row[0]);
+    float* ek = e[k];
+    if (kind == NODE_LEAF) {
+      const int leaf = static_cast<int>(row[1]);
+      const float* src = (leaf >= 0 && leaf < N) ? energy + leaf * B + b0 : nullptr;
+#pragma omp simd
+      for (int l = 0; l < LANES; ++l) ek[l] = (src != nullptr && l < nl) ? src[l] : 0.0f;
+    } else if (kind == NODE_SUM) {
+#pragma omp simd
+      for (int l = 0; l < LANES; ++l) ek[l] = acc[k][l];
+    } else {
+      const float t = row[4];
+      for (int l = 0; l < LANES; ++l) ek[l] = -t * (acc[k][l] + logf(s[k][l]));
+    }
+    const int parent = static_cast<int>(row[2]);
+    if (parent <= k || parent >= M) continue;  // the root (parent -1), or a malformed edge
+    const float* prow = table + parent * TABLE_COLUMNS;
+    const float edge = row[3];
+    float* ap = acc[parent];
+    const bool first = !((started >> parent) & 1u);
+    if (static_cast<int>(prow[0]) == NODE_SUM) {
+      if (first) {
+#pragma omp simd
+        for (int l = 0; l < LANES; ++l) ap[l] = edge * ek[l];
+      } else {
+#pragma omp simd
+        for (int l = 0; l < LANES; ++l) ap[l] = ap[l] + edge * ek[l];
+      }
+    } else {
+      const float tp = prow[4];
+      float* sp = s[parent];
+      if (first) {
+#pragma omp simd
+        for (int l = 0; l < LANES; ++l) {
+          ap[l] = -ek[l] / tp + edge;
+          sp[l] = 1.0f;
+        }
+      } else {
+        for (int l = 0; l < LANES; ++l) {
+          const float z = -ek[l] / tp + edge;
+          const float mx = nan_max(ap[l], z);
+          sp[l] = sp[l] * expf(ap[l] - mx) + expf(z - mx);
+          ap[l] = mx;
+        }
+      }
+    }
+    started |= uint64_t{1} << parent;
+  }
+
+  uint32_t seen = 0;
+  for (int k = M - 1; k >= 0; --k) {
+    const float* row = table + k * TABLE_COLUMNS;
+    const int parent = static_cast<int>(row[2]);
+    float* adj = acc[k];
+    if (k == M - 1 || parent <= k || parent >= M) {
+      const float v = k == M - 1 ? 1.0f : 0.0f;
+#pragma omp simd
+      for (int l = 0; l < LANES; ++l) adj[l] = v;
+    } else {
+      const float* prow = table + parent * TABLE_COLUMNS;
+      const float* ap = acc[parent];
+      const float edge = row[3];
+      if (static_cast<int>(prow[0]) == NODE_SUM) {
+#pragma omp simd
+        for (int l = 0; l < LANES; ++l) adj[l] = ap[l] * edge;
+      } else {
+        const float tp = prow[4];
+        const float* ep = e[parent];
+        const float* ek = e[k];
+        for (int l = 0; l < LANES; ++l) adj[l] = ap[l] * expf((ep[l] - ek[l]) / tp + edge);
+      }
+    }
+    if (static_cast<int>(row[0]) == NODE_LEAF) {
+      const int leaf = static_cast<int>(row[1]);
+      if (leaf >= 0 && leaf < N) {
+        for (int l = 0; l < nl; ++l) w[(b0 + l) * N + leaf] = adj[l];
+        seen |= 1u << leaf;
+      }
+    }
+  }
+  for (int i = 0; i < N; ++i) {
+    if (!((seen >> i) & 1u)) {
+      for (int l = 0; l < nl; ++l) w[(b0 + l) * N + i] = 0.0f;
+    }
+    const float* ei = energy + i * B + b0;
+    float chk = 0.0f;  // v - v is NaN exactly when v is inf or NaN
+#pragma omp simd reduction(+ : chk)
+    for (int l = 0; l < nl; ++l) chk += ei[l] - ei[l];
+    if (chk != chk) bad_leaf |= 1u << i;
+  }
+  for (int l = 0; l < nl; ++l) root[b0 + l] = e[M - 1][l];
 }
 
 }  // namespace
@@ -316,15 +448,16 @@ void langevin_step_cpu(const StepArgs& a) {
   std::vector<float> w(static_cast<size_t>(B) * N);
   c.w = w.data();
   uint32_t bad_leaf = 0;
-  // Evaluating a sample's program costs ~170 ns (B = 4096, one Or); a parallel region only pays
-  // past ~1 ms of it: at B = 4096 two threads took 1.9 ms against 0.69 ms for one on the shared
-  // 2-core CI machine.
-#pragma omp parallel for schedule(static) reduction(| : bad_leaf) if (B * a.M >= 32768)
-  for (int64_t b = 0; b < B; ++b) {
-    a.energy_out[b] = eval_program(a.table, a.M, N, a.e + b, B, w.data() + b * N);
-    for (int i = 0; i < N; ++i) {
-      if (!isfinite(a.e[i * B + b])) bad_leaf |= 1u << i;
-    }
+  // Programs, LANES samples per item: ~22 ns a sample for one Or of two leaves, ~5 ns for an And
+  // (B = 4096, one thread; against ~170 ns and ~40 ns one sample at a time). A parallel region only
+  // paid past ~1 ms of this work on the shared 2-core CI machine (one sample at a time at B = 4096:
+  // two threads 1.9 ms, one 0.69 ms), hence the threshold of ~40K samples of a three-node program.
+  const int64_t groups = (B + LANES - 1) / LANES;
+#pragma omp parallel for schedule(static) reduction(| : bad_leaf) if (B * a.M >= 131072)
+  for (int64_t t = 0; t < groups; ++t) {
+    const int64_t b0 = t * LANES;
+    eval_program_lanes(a.table, a.M, N, a.e, B, b0, static_cast<int>(std::min<int64_t>(LANES, B - b0)), w.data(),
+                       a.energy_out, bad_leaf);
   }
 
   int bad_state = 0;

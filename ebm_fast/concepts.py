@@ -57,11 +57,21 @@ def canonical_attribute(name: str) -> str:
     return a
 
 
+# The recipe every shipped concept is trained with (small32 at 32x32, trainable on a 2-core CPU; see
+# docs/training.md). scripts/train_concepts.sh runs it for each concept; the printed commands below use it.
+# From the released code's MuJoCo-Scenes runs: noise 0.001, no effective gradient clip, Adam 3e-4 with
+# beta1 = 0, a free (not spectral-normalised) head. Step size 1000 rather than their 100 (K = 60 at
+# 64x64): at 32x32 with K = 40 it reached the data's energy level in 200 iterations, 100 did not.
+RECIPE_FLAGS = ("--resolution 32 --n-images 10000 --model small32 --iterations 6000 --batch-size 32 "
+                "--langevin-steps 40 --step-size 1000 --noise 0.001 --ema 0.999 "
+                "--checkpoint-every 100 --image-every 200 --compile")
+
+
 def train_command(attribute: str, out: str | Path | None = None) -> str:
-    """The training command that produces the concept model of ``attribute``."""
+    """The training command that produces the concept model of ``attribute`` (add ``--resume`` to go on)."""
     out = Path(out) if out is not None else default_concepts_dir() / f"{attribute}.pt"
-    return (f"ebm-fast train --data scenes --cond {attribute} --out runs/{attribute} "
-            f"&& cp runs/{attribute}/model.pt {out}")
+    run = f"runs/concepts/{attribute}32"
+    return f"ebm-fast train --data scenes --cond {attribute} {RECIPE_FLAGS} --out {run} && cp {run}/model.pt {out}"
 
 
 def concept_paths(directory: str | Path | None = None,

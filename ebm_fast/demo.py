@@ -13,12 +13,15 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 import time
 
 import torch
 from torch import nn
 
 import ebm_fast as ef
+
+from .released_loop import released_code_chain
 
 __all__ = ["GaussianConcept", "cli_main"]
 
@@ -48,16 +51,6 @@ def _expectations(a, b, c, alpha):
     ]
 
 
-def _released_code_loop(concepts, combine, x, steps, step_size, noise, gen):
-    """The research code's chain: per step, one forward per concept, autograd of the sum, step."""
-    for _ in range(steps):
-        x = x.detach().requires_grad_(True)
-        energy = combine([c.energy(x) for c in concepts])
-        (g,) = torch.autograd.grad(energy.sum(), [x])
-        x = x - step_size * g + noise * torch.randn(x.shape, generator=gen)
-    return x.detach()
-
-
 def _scatter_png(points: torch.Tensor, path: str, title: str, size: int = 256, extent: float = 3.0) -> None:
     from PIL import Image, ImageDraw
 
@@ -71,14 +64,45 @@ def _scatter_png(points: torch.Tensor, path: str, title: str, size: int = 256, e
 
 
 def cli_main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="ebm-fast demo", description=__doc__.split("\n\n")[0])
-    p.add_argument("--batch", type=int, default=4096, help="chains per expression (default 4096)")
-    p.add_argument("--steps", type=int, default=1000, help="Langevin steps (default 1000)")
-    p.add_argument("--step-size", type=float, default=0.005, help="eta (default 0.005)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--backend", default="auto", choices=ef.ops.BACKENDS)
-    p.add_argument("--out", default="runs/demo", help="folder for the PNG plots (default runs/demo)")
+    """``ebm-fast demo``: the trained-concept demo when concepts are present, else the Gaussian one."""
+    from . import demo_concepts
+    from .sample_cli import add_chain_args, settings_from_args
+
+    p = argparse.ArgumentParser(prog="ebm-fast demo", description=(
+        "Compose concepts, sample them with the fused sampler and check the samples: on the trained "
+        "MuJoCo-Scenes concepts when present (shipped, or --concepts DIR), judged by the shipped judges; "
+        "otherwise (or with --gaussian) on 2-D Gaussian concepts against their closed form."))
+    p.add_argument("--gaussian", action="store_true", help="the analytic 2-D demo even when concepts are present")
+    p.add_argument("--concepts", default=None, help="folder of position.pt, color.pt, shape.pt (default: shipped)")
+    p.add_argument("--n", type=int, default=64, help="concept demo: samples per expression (default 64)")
+    p.add_argument("--batch", type=int, default=4096, help="Gaussian demo: chains per expression (default 4096)")
+    p.add_argument("--gaussian-steps", type=int, default=1000, help="Gaussian demo: Langevin steps (default 1000)")
+    p.add_argument("--eta", type=float, default=0.005, help="Gaussian demo: step size (default 0.005)")
+    p.add_argument("--out", default="runs/demo", help="folder for the PNG grids/plots (default runs/demo)")
+    add_chain_args(p)
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not args.gaussian:
+        if demo_concepts.concepts_present(args.concepts):
+            from .concepts import load_concepts
+
+            settings = settings_from_args(args, load_concepts(args.concepts, attributes=demo_concepts.ATTRIBUTES))
+            demo_concepts.run(args.concepts, n=args.n, settings=settings, seed=args.seed, out=args.out)
+            return 0
+        if args.concepts is not None:
+            print(f"error: --concepts {args.concepts}: expected position.pt, color.pt and shape.pt there",
+                  file=sys.stderr)
+            return 2
+        print("no trained concepts are shipped yet (ebm_fast/assets/concepts/): running the analytic "
+              "2-D Gaussian demo (docs/training.md says how the concepts are trained)")
+    return _gaussian_demo(args)
+
+
+def _gaussian_demo(args: argparse.Namespace) -> int:
+    args.steps, args.step_size = args.gaussian_steps, args.eta
+    if args.backend not in ef.ops.BACKENDS:
+        raise SystemExit(f"--backend: expected one of {ef.ops.BACKENDS}, got {args.backend!r}")
 
     torch.manual_seed(args.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -119,12 +143,12 @@ def cli_main(argv: list[str] | None = None) -> int:
 
     # speed: the fused sampler against the released code's loop on the nested expression
     expr = (A | B) & C
-    concepts = expr.leaves()
     x0 = torch.randn(args.batch, 2, device=device)
     gen = torch.Generator(device=device).manual_seed(args.seed)
     timings = {}
     for label, run in (
-        ("released-code loop", lambda: _released_code_loop(concepts, expr.combine, x0, steps, eta, noise, gen)),
+        ("released-code loop", lambda: released_code_chain(expr, x0, steps=steps, step_size=eta, noise=noise,
+                                                           order="ula", generator=gen)),
         ("ebm_fast.sample", lambda: ef.sample(expr, x0, steps=steps, step_size=eta, noise=noise, clamp=None,
                                               order="ula", seed=args.seed, backend=args.backend)),
     ):

@@ -61,12 +61,15 @@ UPPER_RIGHT = (0.0, 1.0, 0.0, 1.0)
 @dataclass(frozen=True)
 class Term:
     """One concept of a row: ``attribute``, ``negated`` (a ``Not`` inside the conjunction), the
-    ``box`` position targets are drawn from, and the metric ``label`` (default: the attribute)."""
+    ``box`` position targets are drawn from, the metric ``label`` (default: the attribute), and
+    ``either``: the terms of an ``"and"`` row marked so form one ``Or`` inside the conjunction (a
+    nested expression such as ``(position 1 | position 2) & color``)."""
 
     attribute: str
     negated: bool = False
     box: tuple[float, float, float, float] = FULL
     label: str | None = None
+    either: bool = False
 
     @property
     def metric(self) -> str:
@@ -150,6 +153,10 @@ def build_expr(row: Row, concepts: Mapping, targets: Sequence[Tensor], *, alpha:
         leaves.append(Not(c, alpha=alpha) if t.negated else c)
     if row.combine == "or":
         return Or(*leaves, temperature=temperature)
+    either = [leaf for leaf, t in zip(leaves, row.terms) if t.either]
+    if either:
+        rest = [leaf for leaf, t in zip(leaves, row.terms) if not t.either]
+        leaves = [Or(*either, temperature=temperature) if len(either) > 1 else either[0], *rest]
     return And(*leaves) if len(leaves) > 1 else leaves[0]
 
 
@@ -315,7 +322,8 @@ def write_report(results: Sequence[RowResult], out: str | Path, info: Mapping | 
     md.append("")
     for r in results:
         if len(r.images):
-            save_image_grid(out / f"{r.row.key}.png", r.images, ncols=8)
+            vals = ", ".join(f"{m} {v:.2f}" for m, v in r.metrics.items())
+            save_image_grid(out / f"{r.row.key}.png", r.images, ncols=8, title=f"{r.row.label}: {vals}")
             md += [f"## {r.row.label} (Table {r.row.table})", "",
                    f"![{r.row.label}]({r.row.key}.png)", "",
                    f"{r.n} samples in {r.seconds:.1f} s; first {len(r.images)} shown.", ""]
@@ -327,15 +335,19 @@ def write_report(results: Sequence[RowResult], out: str | Path, info: Mapping | 
 
 def continual_commands(directory: str | Path) -> list[str]:
     """The training commands of the Table 2 concept set (position on purple cubes, then shape with
-    position frozen, then colour with both frozen), copying each ``model.pt`` into ``directory``."""
+    position frozen, then colour with both frozen), copying each ``model.pt`` into ``directory``.
+    Each uses the shipped concepts' recipe (:data:`ebm_fast.concepts.RECIPE_FLAGS`)."""
+    from .concepts import RECIPE_FLAGS
+
     d = Path(directory)
+    run = "runs/continual"
     return [
-        f"ebm-fast train --data scenes --cond position --shapes box --colors purple --out runs/continual/position"
-        f" && cp runs/continual/position/model.pt {d / 'position.pt'}",
+        f"ebm-fast train --data scenes --cond position --shapes box --colors purple {RECIPE_FLAGS}"
+        f" --out {run}/position && cp {run}/position/model.pt {d / 'position.pt'}",
         f"ebm-fast train --data scenes --cond shape --colors purple --frozen {d / 'position.pt'}=position"
-        f" --out runs/continual/shape && cp runs/continual/shape/model.pt {d / 'shape.pt'}",
+        f" {RECIPE_FLAGS} --out {run}/shape && cp {run}/shape/model.pt {d / 'shape.pt'}",
         f"ebm-fast train --data scenes --cond color --frozen {d / 'position.pt'}=position {d / 'shape.pt'}=shape"
-        f" --out runs/continual/color && cp runs/continual/color/model.pt {d / 'color.pt'}",
+        f" {RECIPE_FLAGS} --out {run}/color && cp {run}/color/model.pt {d / 'color.pt'}",
     ]
 
 
@@ -362,7 +374,6 @@ def cli_main(argv: list[str] | None = None) -> int:
     cont_dir = Path(args.continual) if args.continual else default_concepts_dir() / "continual"
     try:
         device = resolve_device(args.device)
-        settings = settings_from_args(args)
         if args.n < 1:
             raise ValueError(f"--n: expected an integer >= 1, got {args.n}")
         concepts = load_concepts(args.concepts, attributes=need1, map_location=device) if need1 else {}
@@ -372,6 +383,7 @@ def cli_main(argv: list[str] | None = None) -> int:
             cmds = "\n  ".join(continual_commands(cont_dir))
             raise FileNotFoundError(f"{exc}\nTable 2 needs the continually trained concepts, made in order by:\n  "
                                     f"{cmds}\n(or evaluate Table 1 only: --tables 1)") from None
+        settings = settings_from_args(args, concepts or continual)
         from .judges import Judges
 
         judges = Judges.load(args.judges, map_location=device)

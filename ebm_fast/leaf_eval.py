@@ -77,6 +77,13 @@ _OPAQUE_OK = (types.ModuleType, types.BuiltinFunctionType, types.BuiltinMethodTy
               type)
 
 
+def prefers_channels_last(model: Any, device: torch.device) -> bool:
+    """Whether image inputs ``[B, C, H, W]`` of ``model`` should go in channels_last layout: on the CPU,
+    when a ``Conv2d`` is inside (see the module docstring for the measurement)."""
+    return torch.device(device).type == "cpu" and any(
+        isinstance(m, nn.Conv2d) for mod in inspect_model(model).modules for m in mod.modules())
+
+
 def inspect_model(model: Any, max_depth: int = 4) -> ModelParts:
     """Walk a model callable: modules, bound methods, ``functools.partial``, functions (closure cells,
     defaults, and the globals their code names), containers, and the attributes of plain callable
@@ -285,8 +292,7 @@ class LeafEvaluator:
             return False
         if memory_format == "channels_last":
             return True
-        return self.device.type == "cpu" and any(
-            isinstance(m, nn.Conv2d) for mod in inspect_model(group.model).modules for m in mod.modules())
+        return prefers_channels_last(group.model, self.device)
 
     @property
     def modes(self) -> list[tuple[list[int], str]]:

@@ -14,8 +14,9 @@ Every model is a plain ``nn.Module`` with ``forward(x, cond=None) -> energies`` 
 Architecture (Du & Mordatch 2019, Du, Li & Mordatch 2020): a 3×3 stem conv, then one residual block
 per entry of ``widths`` (two 3×3 convs, each followed by FiLM from the condition and swish, a 1×1
 skip when the width changes, then 2×2 average-pool downsampling), a global pool (mean for scenes,
-sum for faces), and a dense layer to one energy per sample. Spectral norm on every conv and dense
-layer (optional), no BatchNorm: a sample's energy never depends on the rest of the batch.
+sum for faces), and a dense layer to one energy per sample. Spectral norm on every conv layer (on the
+dense head only on request, as in the released code), no BatchNorm: a sample's energy never depends on
+the rest of the batch.
 
 Registered names (:data:`MODEL_CONFIGS`):
 
@@ -110,13 +111,21 @@ class ResBlock(nn.Module):
         self.downsample = downsample
 
     def forward(self, x: Tensor, c: Tensor | None) -> Tensor:
-        h = self.conv1(x)
+        return self.finish(self.begin(x), c)
+
+    def begin(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The part that does not read the condition: ``(conv1(x), skip(x))``."""
+        return self.conv1(x), (x if self.skip is None else self.skip(x))
+
+    def finish(self, begun: tuple[Tensor, Tensor], c: Tensor | None) -> Tensor:
+        """The rest of the block from :meth:`begin`'s output."""
+        h, residual = begun
         if self.film1 is not None:
             h = self.film1(h, c)
         h = self.conv2(F.silu(h))
         if self.film2 is not None:
             h = self.film2(h, c)
-        h = F.silu(h) + (x if self.skip is None else self.skip(x))
+        h = F.silu(h) + residual
         return F.avg_pool2d(h, 2) if self.downsample else h
 
 
@@ -132,7 +141,12 @@ class EnergyResNet(nn.Module):
         widths: output channels of the residual blocks, one downsampling block each
             (default ``(64, 128, 256)``, the scenes model).
         pool: ``"mean"`` or ``"sum"`` over the final feature map (default ``"mean"``).
-        spectral_norm: spectral normalisation on every conv and dense layer (default True).
+        spectral_norm: spectral normalisation on every conv layer (default True).
+        head_spectral_norm: spectral normalisation on the final dense layer too (default False, as in
+            the paper's released MuJoCo-Scenes model, whose last layer is free: with every layer
+            normalised the energy's scale, and its input gradient, stay tiny -- a small32 position
+            model after 500 iterations had per-pixel gradients of ~5e-6 and gave data and uniform
+            noise the same energy).
         resolution: the image size the model is meant for (recorded in ``config``; not enforced
             beyond divisibility).
         name: registry name recorded in ``config`` (default ``"custom"``).
@@ -140,6 +154,7 @@ class EnergyResNet(nn.Module):
 
     def __init__(self, cond_dim: int = 0, cond_type: str = "none", *, in_channels: int = 3, stem: int = 64,
                  widths: Sequence[int] = (64, 128, 256), pool: str = "mean", spectral_norm: bool = True,
+                 head_spectral_norm: bool = False,
                  resolution: int | None = None, name: str = "custom"):
         super().__init__()
         if cond_type not in COND_TYPES:
@@ -160,6 +175,7 @@ class EnergyResNet(nn.Module):
         self.config = {
             "name": name, "cond_dim": int(cond_dim), "cond_type": cond_type, "in_channels": int(in_channels),
             "stem": int(stem), "widths": list(widths), "pool": pool, "spectral_norm": bool(spectral_norm),
+            "head_spectral_norm": bool(head_spectral_norm),
             "resolution": None if resolution is None else int(resolution),
         }
         self.stem = _sn(nn.Conv2d(in_channels, stem, 3, padding=1), spectral_norm)
@@ -167,7 +183,7 @@ class EnergyResNet(nn.Module):
         self.blocks = nn.ModuleList(
             ResBlock(chans[i], chans[i + 1], self.cond_dim, spectral_norm=spectral_norm)
             for i in range(len(widths)))
-        self.head = _sn(nn.Linear(widths[-1], 1), spectral_norm)
+        self.head = _sn(nn.Linear(widths[-1], 1), head_spectral_norm)
         self._min_size = 2 ** len(widths)
 
     def condition(self, cond: Any, batch: int, device: torch.device, dtype: torch.dtype) -> Tensor | None:
@@ -184,8 +200,9 @@ class EnergyResNet(nn.Module):
             if c.shape != (batch,):
                 raise ValueError(f"cond: expected class indices of shape ({batch},), got {tuple(c.shape)}")
             # The range check reads values on the host: CPU only, so a CUDA forward stays free of
-            # syncs (the sampler captures it in a CUDA graph).
-            if c.device.type == "cpu" and c.numel() and (int(c.min()) < 0 or int(c.max()) >= self.cond_dim):
+            # syncs (the sampler captures it in a CUDA graph), and not while torch.compile traces,
+            # where a host read would break the graph (an out-of-range index then gives a zero row).
+            if c.device.type == "cpu" and c.numel() and not torch.compiler.is_compiling() and (int(c.min()) < 0 or int(c.max()) >= self.cond_dim):
                 raise ValueError(f"cond: expected class indices in [0, {self.cond_dim}), got "
                                  f"[{int(c.min())}, {int(c.max())}]")
             return (c.long().unsqueeze(1) == torch.arange(self.cond_dim, device=device)).to(dtype)
@@ -197,13 +214,26 @@ class EnergyResNet(nn.Module):
         return c.to(dtype)
 
     def forward(self, x: Tensor, cond: Any = None) -> Tensor:
+        return self.energy_from_features(self.shared_features(x), cond)
+
+    def shared_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The condition-free head of the forward pass: the stem and the first block's ``conv1`` and skip.
+
+        Inference over many candidate conditions for one image (:func:`ebm_fast.infer.grid_energies`)
+        computes these once per image instead of once per (image, candidate) pair.
+        """
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"x: expected (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
         if x.shape[2] % self._min_size or x.shape[3] % self._min_size:
             raise ValueError(f"x: expected H and W divisible by {self._min_size}, got {tuple(x.shape[2:])}")
-        c = self.condition(cond, x.shape[0], x.device, x.dtype)
-        h = self.stem(x)
-        for block in self.blocks:
+        return self.blocks[0].begin(self.stem(x))
+
+    def energy_from_features(self, features: tuple[Tensor, Tensor], cond: Any = None) -> Tensor:
+        """Energies ``(B,)`` from :meth:`shared_features` (rows may be repeated per candidate) and ``cond``."""
+        h0 = features[0]
+        c = self.condition(cond, h0.shape[0], h0.device, h0.dtype)
+        h = self.blocks[0].finish(features, c)
+        for block in self.blocks[1:]:
             h = block(h, c)
         h = F.silu(h)
         h = h.sum(dim=(2, 3)) if self.pool == "sum" else h.mean(dim=(2, 3))
@@ -234,11 +264,14 @@ def model_from_config(config: dict) -> EnergyResNet:
     """Rebuild the architecture recorded in ``model.config`` (fresh weights)."""
     if not isinstance(config, dict):
         raise TypeError(f"model config: expected a dict, got {type(config).__name__}")
-    known = {"name", "cond_dim", "cond_type", "in_channels", "stem", "widths", "pool", "spectral_norm", "resolution"}
+    known = {"name", "cond_dim", "cond_type", "in_channels", "stem", "widths", "pool", "spectral_norm",
+             "head_spectral_norm", "resolution"}
     unknown = set(config) - known
     if unknown:
         raise ValueError(f"model config: unknown keys {sorted(unknown)} (expected some of {sorted(known)})")
     kw = dict(config)
+    # configs written before head_spectral_norm existed normalised the head with everything else
+    kw.setdefault("head_spectral_norm", kw.get("spectral_norm", True))
     return EnergyResNet(kw.pop("cond_dim", 0), kw.pop("cond_type", "none"), **kw)
 
 

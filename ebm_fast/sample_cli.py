@@ -1,9 +1,10 @@
 """``ebm-fast sample "EXPR"``: sample a composed-concept expression and write a PNG grid.
 
 Also holds :class:`ChainSettings` and :func:`sample_images`, the Langevin chain used for images of
-concept compositions (here and by :mod:`ebm_fast.evaluate`). Defaults are the training chain's
-(:class:`ebm_fast.train.TrainConfig`: 60 steps, step size 10, noise 0.005, element-wise gradient
-clip 0.01, the released code's ``noise_first`` order), started from uniform noise in [0, 1].
+concept compositions (here and by :mod:`ebm_fast.evaluate`). The chain defaults to the one the
+concepts were trained with (recorded in each model file); without that record, to
+:class:`ebm_fast.train.TrainConfig`'s defaults (60 steps, step size 10, noise 0.005, element-wise
+gradient clip 0.01, the released code's ``noise_first`` order). Chains start from uniform noise in [0, 1].
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from torch import Tensor
 from .compose import DEFAULT_NOT_ALPHA, Expr
 from .train import TrainConfig
 
-__all__ = ["ChainSettings", "sample_images", "concepts_resolution", "to_uint8", "resolve_device", "add_chain_args",
-           "settings_from_args", "sample_cli_main"]
+__all__ = ["ChainSettings", "chain_settings_of", "sample_images", "concepts_resolution", "to_uint8", "resolve_device",
+           "add_chain_args", "settings_from_args", "sample_cli_main"]
 
 _TRAIN = TrainConfig  # class attributes hold the dataclass defaults
 
@@ -96,15 +97,39 @@ def to_uint8(images: Tensor) -> np.ndarray:
     return (images.detach().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
+# Chain options that default to the concepts' own training chain (see chain_settings_of).
+CHAIN_FIELDS = {"steps": "langevin_steps", "step_size": "step_size", "noise": "noise", "grad_clip": "sample_grad_clip",
+                "order": "order"}
+
+
+def chain_settings_of(concepts: Mapping | None, **overrides) -> ChainSettings:
+    """Chain settings for sampling ``concepts``: the Langevin chain they were trained with (steps,
+    step size, noise, gradient clip, order from each model's recorded ``train_config``) when all of
+    them agree, else :class:`ChainSettings`' defaults; ``overrides`` win."""
+    base: dict = {}
+    found = []
+    for _, meta in (concepts or {}).values():
+        tc = (meta or {}).get("train_config") or {}
+        if all(v in tc for v in CHAIN_FIELDS.values()):
+            found.append(tuple(tc[v] for v in CHAIN_FIELDS.values()))
+    if found and len(set(found)) == 1 and len(found) == len(concepts):
+        base = dict(zip(CHAIN_FIELDS, found[0]))
+    return ChainSettings(**{**base, **overrides})
+
+
 def add_chain_args(p: argparse.ArgumentParser) -> None:
-    """The chain options shared by ``ebm-fast sample`` and ``ebm-fast eval composition``."""
+    """The chain options shared by ``ebm-fast sample``, ``ebm-fast eval composition`` and the demo.
+
+    ``--steps``, ``--step-size``, ``--noise``, ``--grad-clip`` and ``--order`` default to the chain the
+    concepts were trained with (:func:`chain_settings_of`); unset, they are absent from the namespace."""
     d = ChainSettings()
-    p.add_argument("--steps", type=int, default=d.steps, help=f"Langevin steps (default {d.steps})")
-    p.add_argument("--step-size", type=float, default=d.step_size, help=f"step size (default {d.step_size})")
-    p.add_argument("--noise", type=float, default=d.noise, help=f"noise scale (default {d.noise})")
+    fallback = f"(default: the concepts' training chain, else {{}})"
+    p.add_argument("--steps", type=int, default=argparse.SUPPRESS, help="Langevin steps " + fallback.format(d.steps))
+    p.add_argument("--step-size", type=float, default=argparse.SUPPRESS, help="step size " + fallback.format(d.step_size))
+    p.add_argument("--noise", type=float, default=argparse.SUPPRESS, help="noise scale " + fallback.format(d.noise))
     p.add_argument("--grad-clip", type=lambda s: None if s.lower() in ("none", "off") else float(s),
-                   default=d.grad_clip, help=f"element-wise gradient clip, or none (default {d.grad_clip})")
-    p.add_argument("--order", default=d.order, choices=("noise_first", "ula"), help=f"(default {d.order})")
+                   default=argparse.SUPPRESS, help="element-wise gradient clip, or none " + fallback.format(d.grad_clip))
+    p.add_argument("--order", default=argparse.SUPPRESS, choices=("noise_first", "ula"), help=fallback.format(d.order))
     p.add_argument("--backend", default="auto", help="fused-step backend: auto, torch, cpu, cuda, triton")
     p.add_argument("--res", type=int, default=None, help="image size (default: the concepts' training size)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"chains at once (default {d.batch_size})")
@@ -126,9 +151,11 @@ def resolve_device(name: str) -> torch.device:
         raise ValueError(f"--device: expected auto, cpu, cuda or cuda:N, got {name!r}") from None
 
 
-def settings_from_args(args: argparse.Namespace) -> ChainSettings:
-    return ChainSettings(steps=args.steps, step_size=args.step_size, noise=args.noise, grad_clip=args.grad_clip,
-                         order=args.order, backend=args.backend, resolution=args.res, batch_size=args.batch_size)
+def settings_from_args(args: argparse.Namespace, concepts: Mapping | None = None) -> ChainSettings:
+    """The chain settings of parsed :func:`add_chain_args` options, unset ones from ``concepts``."""
+    given = {k: getattr(args, k) for k in CHAIN_FIELDS if hasattr(args, k)}
+    return chain_settings_of(concepts, **given, backend=args.backend, resolution=args.res,
+                             batch_size=args.batch_size)
 
 
 def sample_cli_main(argv: list[str] | None = None) -> int:
@@ -151,7 +178,7 @@ def sample_cli_main(argv: list[str] | None = None) -> int:
         attrs = tree_attributes(parse(args.expr))
         concepts = load_concepts(args.concepts, attributes=attrs, map_location=resolve_device(args.device))
         expr = parse_expr(args.expr, concepts, alpha=args.alpha, temperature=args.temperature)
-        settings = settings_from_args(args)
+        settings = settings_from_args(args, concepts)
         if args.n < 1:
             raise ValueError(f"--n: expected an integer >= 1, got {args.n}")
     except (ValueError, FileNotFoundError) as exc:

@@ -117,6 +117,17 @@ def test_expressions_have_the_row_structure(concepts):
     assert type(e).__name__ == "Or" and e.temperature == 0.5
     x = torch.rand(6, 3, 32, 32)
     assert torch.isfinite(e.energy(x)).all()
+    # terms marked `either` form one Or inside the conjunction: (position 1 | position 2) & color & shape
+    from ebm_fast.demo_concepts import NESTED
+
+    tg = E.draw_targets(NESTED, 6, gen, concepts)
+    e = E.build_expr(NESTED, concepts, tg, temperature=0.5)
+    assert type(e).__name__ == "And" and [type(t).__name__ for t in e.terms] == ["Or", "Concept", "Concept"]
+    assert e.terms[0].temperature == 0.5 and len(e.leaves()) == 4
+    torch.testing.assert_close(e.leaves()[1].cond, tg[1])
+    leaf_e = [leaf.energy(x).double() for leaf in e.leaves()]
+    expect = -0.5 * torch.logsumexp(torch.stack([-leaf_e[0] / 0.5, -leaf_e[1] / 0.5]), 0) + leaf_e[2] + leaf_e[3]
+    torch.testing.assert_close(e.energy(x).double(), expect, rtol=1e-5, atol=1e-5)
 
 
 def test_disjunction_fractions_on_constructed_positions():
@@ -167,8 +178,10 @@ def test_report_table_json_and_grids(tmp_path):
     for r in results:
         assert f"({r.row.key}.png)" in md
         im = np.asarray(Image.open(tmp_path / "rep" / f"{r.row.key}.png"))
-        assert im.shape == (2 * (34 + 2), 2 * (5 * 34 + 2), 3)   # 1 row x 5 tiles of 32 + 2 pad, scale 2
-        assert (im[4:68:2, 4:68:2] == r.images[0]).all()
+        # a 16-pixel title strip above 1 row x 5 tiles of 32 + 2 pad, scale 2
+        assert im.shape == (16 + 2 * (34 + 2), 2 * (5 * 34 + 2), 3)
+        assert (im[16 + 4:16 + 68:2, 4:68:2] == r.images[0]).all()
+        assert (im[:16] != 255).any()  # the title was drawn
 
 
 def save_concepts(directory, concepts, attributes=("position", "color", "shape")):

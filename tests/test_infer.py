@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -33,6 +35,29 @@ def test_grid_energies_equal_a_brute_force_loop_for_any_chunking():
                           for i in range(len(images))])
     for budget in (1, 1000, 2**30):  # one row per pass, a few, everything at once
         torch.testing.assert_close(infer.grid_energies(model, images, cands, budget_bytes=budget), brute)
+
+
+@pytest.mark.parametrize("cond_type", ["continuous", "onehot"])
+def test_grid_energies_of_a_resnet_share_its_condition_free_head(cond_type):
+    """EnergyResNet takes the shared-head path (spectral norm, NHWC on the CPU): it equals model(x, c)
+    pair by pair in float64, with views, for chunkings that split an image's candidates and that don't."""
+    from ebm_fast.models import build_model
+
+    gen = _gen()
+    torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))
+    model = build_model("tiny", cond_dim=2 if cond_type == "continuous" else 3, cond_type=cond_type)
+    for film in (m for m in model.modules() if m.__class__.__name__ == "FiLM"):  # make the condition matter
+        torch.nn.init.normal_(film.linear.weight, std=0.5)
+    assert infer._shared_split(model) is not None
+    images = torch.rand(3, 2, 3, 16, 16, generator=gen)  # (B, V, C, H, W)
+    cands = infer.position_grid(3) if cond_type == "continuous" else torch.eye(3)
+    m64 = copy.deepcopy(model).double().eval()
+    with torch.no_grad():
+        brute = torch.tensor([[sum(m64(images[i, v:v + 1].double(), cands[j:j + 1].double()).item() for v in range(2))
+                               for j in range(len(cands))] for i in range(3)], dtype=torch.float64)
+    for budget in (1, 16 * 16 * 3 * 4 * 64 * 2, 2**30):  # one pair per pass, 2 pairs (splits an image), all
+        got = infer.grid_energies(model.eval(), images, cands, views=True, budget_bytes=budget)
+        torch.testing.assert_close(got.double(), brute, rtol=1e-4, atol=1e-5)
 
 
 def test_grid_argmin_and_views_sum():

@@ -53,6 +53,32 @@ def test_step_matches_oracle_on_random_trees(backend):
 
 
 @pytest.mark.parametrize("backend", ["torch", "cpu", "triton"])
+@pytest.mark.parametrize("b,d", [(37, 2), (21, 5)])
+def test_short_rows_across_program_lane_groups(backend, b, d):
+    """More samples than one group of the C++ kernel's program lanes (16, the last one partial), and
+    rows short enough to share a work item: stored back to back, and strided (rows of a wider tensor)."""
+    backend_or_skip(backend)
+    gen = torch.Generator().manual_seed(int(np.random.default_rng().integers(2**31)))
+    expr = ef.Or(leaf(0) & ~leaf(1), leaf(2), temperature=0.5) | 0.5 * leaf(3)
+    x, grads, energies = _inputs(gen, 4, b, d, torch.float32)
+    kw = dict(step_size=0.05, noise=0.1, seed=int(torch.randint(0, 2**62, (1,), generator=gen)), step=3,
+              order="ula", grad_clip=0.7, clamp=(0.0, 1.0))
+    _check(backend, expr, x, grads, energies, **kw)
+    wide = torch.rand(b, d + 3, generator=gen)
+    _check(backend, expr, wide[:, 1:1 + d], grads, energies, **kw)
+
+
+def test_cpu_program_evaluation_in_parallel():
+    """Enough samples (B * M >= 2^17) for the C++ kernel to evaluate programs on several threads."""
+    backend_or_skip("cpu")
+    gen = torch.Generator().manual_seed(int(np.random.default_rng().integers(2**31)))
+    expr = ef.Or(leaf(0) & ~leaf(1), leaf(2), temperature=0.5) | 0.5 * leaf(3)
+    assert 40000 * expr.program.table.shape[0] >= 2**17
+    x, grads, energies = _inputs(gen, 4, 40000, 1, torch.float32)
+    _check("cpu", expr, x, grads, energies, step_size=0.05, noise=0.1, seed=5, step=1, order="noise_first")
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpu", "triton"])
 def test_released_code_temperature_and_alpha(backend):
     backend_or_skip(backend)
     gen = torch.Generator().manual_seed(int(np.random.default_rng().integers(2**31)))

@@ -92,10 +92,12 @@ def test_input_gradient_matches_finite_differences():
     assert torch.autograd.gradcheck(lambda v: model(v, c), (x,), eps=1e-6, atol=1e-6, fast_mode=True)
 
 
-def test_spectral_norm_bounds_every_layer():
-    """After power iterations in train mode, each conv/dense weight has spectral norm ~ 1."""
+@pytest.mark.parametrize("head", [False, True])
+def test_spectral_norm_bounds_every_layer(head):
+    """After power iterations in train mode, each conv weight (and the dense head when asked) has
+    spectral norm ~ 1; by default the head is free, as in the released code."""
     torch.manual_seed(6)
-    model = build_model("tiny", 2, "continuous").train()
+    model = build_model("tiny", 2, "continuous", head_spectral_norm=head).train()
     x, c = torch.rand(4, 3, 16, 16), torch.rand(4, 2)
     with torch.no_grad():
         for _ in range(30):
@@ -106,10 +108,19 @@ def test_spectral_norm_bounds_every_layer():
         if isinstance(mod, (torch.nn.Conv2d, torch.nn.Linear)) and hasattr(mod, "parametrizations"):
             w = mod.weight.reshape(mod.weight.shape[0], -1)
             norms.append(float(torch.linalg.matrix_norm(w.detach(), 2)))
-    assert len(norms) == 1 + 2 * 2 + 1 + 1  # stem, 2 convs per block, 1 skip (8 -> 16), head
+    assert len(norms) == 1 + 2 * 2 + 1 + int(head)  # stem, 2 convs per block, 1 skip (8 -> 16), head
     assert max(norms) == pytest.approx(1.0, abs=0.02) and min(norms) > 0.9
+    assert hasattr(model.head, "parametrizations") == head
     plain = build_model("tiny", 2, "continuous", spectral_norm=False)
     assert not any(hasattr(m, "parametrizations") for m in plain.modules())
+
+
+def test_configs_without_head_spectral_norm_rebuild_the_old_architecture():
+    """A config saved before ``head_spectral_norm`` existed normalised the head with the convs."""
+    old = build_model("tiny", 2, "continuous", head_spectral_norm=True).config
+    del old["head_spectral_norm"]
+    assert hasattr(model_from_config(old).head, "parametrizations")
+    assert not hasattr(model_from_config({**old, "spectral_norm": False}).head, "parametrizations")
 
 
 def test_config_round_trip_and_save_load(tmp_path):

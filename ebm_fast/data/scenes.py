@@ -912,14 +912,21 @@ def image_grid(images: np.ndarray, ncols: int = 8, pad: int = 2) -> np.ndarray:
     return grid
 
 
-def save_image_grid(path: str | os.PathLike, images: np.ndarray, ncols: int = 8, scale: int = 2) -> Path:
-    """Save a PNG preview grid of ``images`` (nearest-neighbour upscaled by ``scale``), atomically."""
-    from PIL import Image
+def save_image_grid(path: str | os.PathLike, images: np.ndarray, ncols: int = 8, scale: int = 2,
+                    title: str | None = None) -> Path:
+    """Save a PNG preview grid of ``images`` (nearest-neighbour upscaled by ``scale``), atomically,
+    under a white strip with ``title`` when given."""
+    from PIL import Image, ImageDraw
 
     grid = image_grid(images, ncols)
     im = Image.fromarray(grid)
     if scale > 1:
         im = im.resize((im.width * scale, im.height * scale), Image.NEAREST)
+    if title:
+        framed = Image.new("RGB", (im.width, im.height + 16), "white")
+        framed.paste(im, (0, 16))
+        ImageDraw.Draw(framed).text((4, 2), title, fill="black")
+        im = framed
     return atomic_write(path, lambda f: im.save(f, format="PNG"))
 
 

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Starts, or resumes where it stopped, each named training run behind the shipped concepts and the
+# paper's tables: in the background, niced, one thread each, surviving the shell (setsid). Every run
+# uses the one recipe in ebm_fast/concepts.py (RECIPE_FLAGS). A run's folder OUT gets log.jsonl,
+# samples/ (negatives), ckpt/ and, at the end, model.pt; its stdout goes to OUT.out. Safe to re-run:
+# a run already going is skipped.
+#
+#   bash scripts/train_concepts.sh position color shape       # Table 1 and the demo's concepts
+#   bash scripts/train_concepts.sh table3                     # Table 3's position EBM
+#   bash scripts/train_concepts.sh continual-position         # Table 2, in order: -position, -shape, -color
+#
+# EXTRA="--step-size 100" bash scripts/train_concepts.sh color   # flags after the recipe's override it
+# A finished run leaves model.pt in its folder; docs/training.md says where each one goes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=.venv/bin/python
+RECIPE=$($PY -c 'from ebm_fast.concepts import RECIPE_FLAGS; print(RECIPE_FLAGS)')
+export EBM_FAST_CACHE=${EBM_FAST_CACHE:-$PWD/data_cache} OMP_WAIT_POLICY=PASSIVE MUJOCO_GL=${MUJOCO_GL:-egl}
+mkdir -p runs/concepts
+
+need() {  # a frozen concept an earlier stage must have finished
+  [ -f "$1" ] || { echo "train_concepts: $2 needs $1 (finish that run first)" >&2; exit 2; }
+}
+
+for name in "$@"; do
+  case "$name" in
+    position|color|shape|size) data="--data scenes --cond $name"; out=runs/concepts/${name}32 ;;
+    table3)
+      npz=$EBM_FAST_CACHE/table3_train_r32.npz
+      [ -f "$npz" ] || .venv/bin/ebm-fast eval inference --export-train "$npz" --resolution 32
+      data="--data $npz --cond position"; out=runs/concepts/table3_position32 ;;
+    continual-position) data="--data scenes --cond position --shapes box --colors purple"; out=runs/continual/position ;;
+    continual-shape)
+      need runs/continual/position/model.pt continual-shape
+      data="--data scenes --cond shape --colors purple --frozen runs/continual/position/model.pt=position"
+      out=runs/continual/shape ;;
+    continual-color)
+      need runs/continual/shape/model.pt continual-color
+      data="--data scenes --cond color --frozen runs/continual/position/model.pt=position runs/continual/shape/model.pt=shape"
+      out=runs/continual/color ;;
+    *) echo "train_concepts: unknown run '$name'" >&2; exit 2 ;;
+  esac
+  if pgrep -f -- "--out $out( |\$)" > /dev/null; then
+    echo "$name: already running ($out)"; continue
+  fi
+  mkdir -p "$(dirname "$out")"
+  # shellcheck disable=SC2086  # the recipe is a list of flags
+  setsid nohup nice -n 19 $PY -m ebm_fast.train $data $RECIPE ${EXTRA:-} --threads 1 --no-progress --out "$out" --resume \
+    >> "$out.out" 2>&1 < /dev/null &
+  echo "$name: started in the background -> $out"
+done

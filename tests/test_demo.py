@@ -1,0 +1,101 @@
+"""``ebm-fast demo`` (both modes), the released-code chain it times against, and chain settings that
+follow the concepts' training recipe."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import ebm_fast as ef
+from ebm_fast import demo, demo_concepts
+from ebm_fast.models import save_model
+from ebm_fast.released_loop import released_code_chain
+from ebm_fast.sample_cli import ChainSettings, chain_settings_of
+from test_expr_parser import tiny_concepts
+
+RNG = np.random.default_rng()
+
+
+def fresh_seed() -> int:
+    return int(RNG.integers(0, 2**31))
+
+
+def _save(directory, concepts, train_config=None):
+    directory.mkdir(parents=True, exist_ok=True)
+    for a in demo_concepts.ATTRIBUTES:
+        model, meta = concepts[a]
+        save_model(directory / f"{a}.pt", model, {**meta, **({"train_config": train_config} if train_config else {})})
+    return directory
+
+
+def test_concept_demo_end_to_end_on_tiny_models(tmp_path, capsys):
+    """The demo's four expressions are sampled, judged, gridded and timed (tiny untrained models, so
+    the accuracies are meaningless; the chain follows the models' recorded training chain)."""
+    recipe = {"langevin_steps": 2, "step_size": 50.0, "noise": 0.001, "sample_grad_clip": None, "order": "noise_first"}
+    d = _save(tmp_path / "concepts", tiny_concepts(fresh_seed(), resolution=32), recipe)
+    assert demo_concepts.concepts_present(d) and not demo_concepts.concepts_present(tmp_path)
+    out = tmp_path / "demo"
+    rc = demo.cli_main(["--concepts", str(d), "--n", "6", "--batch-size", "4", "--out", str(out),
+                        "--seed", str(fresh_seed() % 1000), "--threads", "1"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    for name, row in demo_concepts.DEMO_ROWS:
+        assert name in printed and row.label in printed
+        im = np.asarray(Image.open(out / f"{row.key}.png"))
+        assert im.shape[0] == 16 + 2 * (34 + 2)  # title strip + one row of six 32x32 tiles
+    assert "6 samples per expression, 2 Langevin steps each" in printed
+    assert "speed on the AND chain (6 samples x 2 steps): released-code loop" in printed
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["info"]["steps"] == 2 and saved["info"]["step_size"] == 50.0 and saved["info"]["grad_clip"] is None
+    assert [r["key"] for r in saved["rows"]] == [row.key for _, row in demo_concepts.DEMO_ROWS]
+    nested = saved["rows"][-1]["metrics"]
+    assert set(nested) == {"position 1", "position 2", "color", "shape"}
+
+
+def test_demo_falls_back_to_the_gaussian_demo_and_names_a_bad_folder(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(demo_concepts, "concept_paths",
+                        lambda directory, attrs: {a: tmp_path / "none" / f"{a}.pt" for a in attrs})
+    rc = demo.cli_main(["--batch", "1024", "--out", str(tmp_path / "g"), "--seed", str(fresh_seed() % 1000)])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    assert "no trained concepts are shipped yet" in printed and "all expressions match their closed form" in printed
+    assert (tmp_path / "g" / "A___B.png").is_file()
+    rc = demo.cli_main(["--concepts", str(tmp_path / "missing"), "--out", str(tmp_path / "g")])
+    assert rc == 2 and "expected position.pt, color.pt and shape.pt" in capsys.readouterr().err
+
+
+def test_chain_settings_follow_the_concepts_recipe():
+    cs = tiny_concepts(fresh_seed(), attributes=("position", "color"))
+    recipe = {"langevin_steps": 40, "step_size": 1000.0, "noise": 0.001, "sample_grad_clip": 0.01,
+              "order": "noise_first"}
+    for a in cs:
+        cs[a][1]["train_config"] = dict(recipe)
+    s = chain_settings_of(cs)
+    assert (s.steps, s.step_size, s.noise, s.grad_clip, s.order) == (40, 1000.0, 0.001, 0.01, "noise_first")
+    assert chain_settings_of(cs, steps=7, batch_size=3).steps == 7
+    cs["color"][1]["train_config"]["step_size"] = 100.0  # the concepts disagree: the generic defaults
+    d = ChainSettings()
+    assert chain_settings_of(cs).step_size == d.step_size and chain_settings_of(None).steps == d.steps
+
+
+@pytest.mark.parametrize("order,clamp,clip", [("noise_first", (0.0, 1.0), 0.05), ("ula", None, None)])
+def test_released_code_chain_equals_the_fused_sampler_without_noise(order, clamp, clip):
+    """With noise 0 the research loop and ebm_fast.sample take the same steps (float64 energies)."""
+    gen = torch.Generator().manual_seed(fresh_seed())
+    model = demo.GaussianConcept(sigma=0.7)
+    means = torch.rand(3, 2, generator=gen, dtype=torch.float64)
+    a, b, c = (ef.Concept(model, m) for m in means)
+    expr = (a | b) & ef.Not(c, alpha=0.2)
+    x0 = torch.rand(64, 2, generator=gen, dtype=torch.float64)
+    ours = ef.sample(expr, x0, steps=25, step_size=0.05, noise=0.0, order=order, clamp=clamp, grad_clip=clip,
+                     backend="torch")
+    ref = released_code_chain(expr, x0, steps=25, step_size=0.05, noise=0.0, order=order, clamp=clamp,
+                              grad_clip=clip)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    assert (ref - x0).abs().max() > 0.01  # the chain moved
+    with pytest.raises(ValueError, match="order"):
+        released_code_chain(expr, x0, steps=1, step_size=0.1, noise=0.0, order="leapfrog")
