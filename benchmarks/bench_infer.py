@@ -4,7 +4,8 @@ Run: ``pytest benchmarks/bench_infer.py --benchmark-only``. The baseline evaluat
 condition at a time for all images (the obvious loop, what a user writes without ebm_fast);
 ebm_fast evaluates every (image, candidate) pair in chunked batched passes, runs the model's
 condition-free head once per image, computes spectral-norm weights once, and feeds the CPU NHWC
-inputs. Workloads: the paper's inference, one scene (or a few) against an 8 x 8 grid of positions.
+inputs; ``compile=True`` also runs the per-pair part under ``torch.compile`` (compiled once, outside
+the timing). Workloads: the paper's inference, one scene (or a few) against an 8 x 8 grid of positions.
 The ratio is ``extra_info['speedup_vs_loop']``; both sides are timed round-robin in one process.
 """
 
@@ -38,10 +39,14 @@ def test_grid_inference_batched_vs_loop(benchmark, machine, images, grid):
     cands = infer.position_grid(grid)
     ref = per_candidate_loop(model, x, cands)
     torch.testing.assert_close(infer.grid_energies(model, x, cands), ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(infer.grid_energies(model, x, cands, compile=True), ref, rtol=1e-4, atol=1e-4)
     times = timed({"loop": lambda: per_candidate_loop(model, x, cands),
-                   "batched": lambda: infer.grid_energies(model, x, cands)}, rounds=5)
+                   "batched": lambda: infer.grid_energies(model, x, cands),
+                   "batched_compiled": lambda: infer.grid_energies(model, x, cands, compile=True)}, rounds=5)
     benchmark.pedantic(infer.grid_energies, args=(model, x, cands), rounds=3, iterations=1, warmup_rounds=1)
     benchmark.extra_info.update(machine("cpu"))
     benchmark.extra_info.update({"model": "small32", "images": images, "candidates": grid * grid,
                                  "loop_s": times["loop"], "batched_s": times["batched"],
-                                 "speedup_vs_loop": times["loop"] / times["batched"]})
+                                 "batched_compiled_s": times["batched_compiled"],
+                                 "speedup_vs_loop": times["loop"] / times["batched"],
+                                 "speedup_compiled_vs_loop": times["loop"] / times["batched_compiled"]})

@@ -283,14 +283,15 @@ def _as_float_images(images) -> Tensor:
 
 
 def ebm_positions(ebm, images: Tensor, *, grid: int = 32, refine_steps: int = 0, step_size: float = 0.002,
-                  views: bool = False, budget_bytes: int | None = None) -> Tensor:
+                  views: bool = False, budget_bytes: int | None = None, compile: bool = False) -> Tensor:
     """Positions ``(B, 2)`` = argmin over a ``grid x grid`` lattice of ``[-1, 1]^2`` of the (view-summed)
     energy, then ``refine_steps`` of projected gradient descent on the position (0 = grid only).
 
-    ``images``: ``(B, 3, H, W)``, or ``(B, V, 3, H, W)`` with ``views=True``.
+    ``images``: ``(B, 3, H, W)``, or ``(B, V, 3, H, W)`` with ``views=True``. ``compile``: as in
+    :func:`ebm_fast.infer.grid_energies`.
     """
     kw = {} if budget_bytes is None else {"budget_bytes": budget_bytes}
-    res = infer_grid(ebm, images, position_grid(grid, device=images.device), views=views, **kw)
+    res = infer_grid(ebm, images, position_grid(grid, device=images.device), views=views, compile=compile, **kw)
     if refine_steps:
         res = refine(ebm, images, res.cond, lo=-1.0, hi=1.0, steps=refine_steps, step_size=step_size, views=views)
     return res.cond
@@ -312,7 +313,7 @@ def position_error(pred: Tensor, true: Tensor) -> float:
 
 
 def evaluate_table3(sets: dict[str, tuple[Tensor, Tensor]], ebm=None, regressor=None, *, grid: int = 32,
-                    refine_steps: int = 0) -> dict[str, dict[str, float]]:
+                    refine_steps: int = 0, compile: bool = False) -> dict[str, dict[str, float]]:
     """``{model: {set name: error}}`` for ``model`` in ``EBM``/``ResNet`` (those given).
 
     ``sets``: name -> ``(images (N, 3, H, W) float, positions (N, 2))``. Also adds ``shifted_mean``, the
@@ -324,7 +325,8 @@ def evaluate_table3(sets: dict[str, tuple[Tensor, Tensor]], ebm=None, regressor=
             continue
         row = {}
         for name, (images, pos) in sets.items():
-            pred = (ebm_positions(model, images, grid=grid, refine_steps=refine_steps) if label == "EBM"
+            pred = (ebm_positions(model, images, grid=grid, refine_steps=refine_steps, compile=compile)
+                    if label == "EBM"
                     else regressor_positions(model, images))
             row[name] = position_error(pred, pos)
         shifted = [row[n] for n in SHIFTED if n in row]
@@ -334,8 +336,8 @@ def evaluate_table3(sets: dict[str, tuple[Tensor, Tensor]], ebm=None, regressor=
     return out
 
 
-def error_vs_views(ebm, images: Tensor, pos: Tensor, *, grid: int = 32, regressor: nn.Module | None = None
-                   ) -> dict[str, list[float]]:
+def error_vs_views(ebm, images: Tensor, pos: Tensor, *, grid: int = 32, regressor: nn.Module | None = None,
+                   compile: bool = False) -> dict[str, list[float]]:
     """Fig. 11: error when the first ``n = 1 .. V`` views of each group are used.
 
     ``images`` ``(G, V, 3, H, W)``, ``pos`` ``(G, 2)``. The EBM's estimate from ``n`` views is the grid
@@ -350,7 +352,7 @@ def error_vs_views(ebm, images: Tensor, pos: Tensor, *, grid: int = 32, regresso
     g, v = images.shape[:2]
     cand = position_grid(grid, device=images.device)
     flat = images.reshape(g * v, *images.shape[2:])
-    e = grid_energies(ebm, flat, cand).view(g, v, -1).cumsum(1)  # (G, V, K): summed over the first n views
+    e = grid_energies(ebm, flat, cand, compile=compile).view(g, v, -1).cumsum(1)  # (G, V, K): summed over the first n views
     out = {"views": list(range(1, v + 1)), "EBM": [position_error(cand[e[:, n].argmin(1)], pos) for n in range(v)]}
     if regressor is not None:
         pred = regressor_positions(regressor, flat).view(g, v, 2).cumsum(1)
@@ -471,6 +473,8 @@ def _eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--resolution", type=int, default=None, help="default: the EBM's, else 32")
     p.add_argument("--grid", type=int, default=32, help="position grid per axis (default 32)")
     p.add_argument("--refine-steps", type=int, default=0, help="gradient steps after the grid (default 0)")
+    p.add_argument("--compile", action="store_true",
+                   help="grid passes under torch.compile (~30 s to compile, then faster per pair)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--renderer", default="auto", choices=("auto", "mujoco", "numpy"))
     p.add_argument("--cache-dir", default=None)
@@ -528,19 +532,19 @@ def cli_main(argv: list[str] | None = None) -> int:
     for name in SET_NAMES:
         images, labels = load(splits[name])
         sets[name] = (_as_float_images(images), torch.from_numpy(labels["pos"]))
-    table = evaluate_table3(sets, ebm, regressor, grid=a.grid, refine_steps=a.refine_steps)
+    table = evaluate_table3(sets, ebm, regressor, grid=a.grid, refine_steps=a.refine_steps, compile=a.compile)
     curve = None
     if ebm is not None:
         mv = multiview_split(a.concepts, a.views, resolution, a.seed + 100)
         images, labels = load(mv)
         x = _as_float_images(images).view(a.concepts, a.views, 3, resolution, resolution)
         curve = error_vs_views(ebm, x, torch.from_numpy(labels["pos"][::a.views]), grid=a.grid,
-                               regressor=regressor)
+                               regressor=regressor, compile=a.compile)
     meta = {"command": "ebm-fast eval inference " + " ".join(argv if argv is not None else sys.argv[1:]),
             "device": f"cpu x{torch.get_num_threads()} threads", "torch": torch.__version__,
             "ebm": a.ebm, "ebm_meta": ebm_meta, "regressor": a.regressor or ("trained" if regressor else None),
             "splits": {k: v.to_dict() for k, v in splits.items()}, "grid": a.grid,
-            "refine_steps": a.refine_steps, "renderer": scenes.resolve_renderer(a.renderer),
+            "refine_steps": a.refine_steps, "compile": a.compile, "renderer": scenes.resolve_renderer(a.renderer),
             "seconds": round(time.perf_counter() - t0, 1)}
     path = write_report(out, table, curve, meta)
     print(_table_markdown(table))
@@ -578,6 +582,8 @@ def infer_cli_main(argv: list[str] | None = None) -> int:
     p.add_argument("--refine", type=int, nargs="?", const=50, default=0,
                    help="gradient-descent steps after the grid (default 0; bare --refine = 50)")
     p.add_argument("--energy-map", metavar="PNG", help="write the energy map over positions (first image or the views)")
+    p.add_argument("--compile", action="store_true",
+                   help="grid passes under torch.compile (pays off for many images: ~30 s to compile)")
     a = p.parse_args(argv)
     from .models import load_model
 
@@ -588,7 +594,7 @@ def infer_cli_main(argv: list[str] | None = None) -> int:
     x, pos = _load_images(a.images)
     if a.views:
         x = x.unsqueeze(0)
-    pred = ebm_positions(model, x, grid=a.grid, refine_steps=a.refine, views=a.views)
+    pred = ebm_positions(model, x, grid=a.grid, refine_steps=a.refine, views=a.views, compile=a.compile)
     for i, (px, py) in enumerate(pred.tolist()):
         line = f"{'views' if a.views else 'image'} {i}: x={px:+.4f} y={py:+.4f}"
         if pos is not None and not a.views:

@@ -18,6 +18,7 @@ everywhere in ebm_fast. Inference never computes parameter gradients.
 from __future__ import annotations
 
 import contextlib
+import weakref
 from dataclasses import dataclass
 from typing import Callable
 
@@ -66,6 +67,26 @@ def _shared_split(model) -> tuple[Callable, Callable] | None:
     return (head, tail) if callable(head) and callable(tail) else None
 
 
+# compiled grid passes, per model object: {rows: fn}
+_COMPILED_PASSES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _compiled_pass(fn: Callable, owner, rows: int) -> Callable:
+    """``torch.compile(fn)`` for passes of exactly ``rows`` pairs, cached on ``owner`` (the model).
+
+    Every pass is padded to ``rows`` so one compiled graph serves the whole grid and later calls;
+    compiling takes tens of seconds on a 2-core CPU, so this pays off for large grids or many images.
+    """
+    try:
+        per_model = _COMPILED_PASSES.setdefault(owner, {})
+    except TypeError:  # not weak-referenceable: compile afresh
+        per_model = {}
+    compiled = per_model.get(rows)
+    if compiled is None:
+        compiled = per_model[rows] = torch.compile(fn, dynamic=False)
+    return compiled
+
+
 def _weights_cached(model):
     """Parametrized weights (spectral norm) computed once for the whole grid instead of once per chunk."""
     from torch.nn.utils import parametrize
@@ -76,7 +97,7 @@ def _weights_cached(model):
 
 def grid_energies(model: Callable[[Tensor, Tensor], Tensor], images: Tensor, candidates: Tensor, *,
                   views: bool = False, budget_bytes: int | None = None,
-                  activation_factor: float = 64.0) -> Tensor:
+                  activation_factor: float = 64.0, compile: bool = False) -> Tensor:
     """Energies of every (image, candidate) pair, summed over views: ``(B, K)``.
 
     Args:
@@ -88,6 +109,10 @@ def grid_energies(model: Callable[[Tensor, Tensor], Tensor], images: Tensor, can
             activation_factor`` stays under this (default :func:`default_budget`: 64 MiB on the CPU,
             1 GiB on CUDA); ``activation_factor`` estimates
             the network's activation memory per input byte.
+        compile: run the per-pair part of the model (or the whole model) under ``torch.compile``,
+            in passes padded to one fixed size. The compiled code is cached per model object, so the
+            first call pays the compilation (tens of seconds on a 2-core CPU) and later calls reuse it;
+            worth it for large grids or many images (the paper's Table 3), not for one small query.
 
     Returns:
         float32 ``(B, K)``.
@@ -118,13 +143,19 @@ def grid_energies(model: Callable[[Tensor, Tensor], Tensor], images: Tensor, can
         budget_bytes = default_budget(images.device)
     rows = _rows_per_chunk(flat[0].numel() if flat.shape[0] else 1, flat.element_size(), budget_bytes,
                            activation_factor)
+    if compile:  # one fixed pass size: whole images' grids when they fit, no bigger than the whole table
+        rows = min((rows // k) * k if rows >= k else rows, max(1, flat.shape[0] * k))
     out = torch.empty(flat.shape[0], k, dtype=torch.float32, device=images.device)
     split = _shared_split(model)
     nhwc = flat.dim() == 4 and prefers_channels_last(model, flat.device)
     # Images go in blocks of ~rows/K; each block's pairs (image-major: pair p = i * K + j) in chunks of
     # `rows`. With a condition-free split, the block's shared features are computed once per image.
     per_block = max(1, rows // k)
-    with torch.no_grad(), _weights_cached(model):
+    per_pair = split[1] if split else model
+    if compile:
+        per_pair = _compiled_pass(per_pair, model, rows)
+    # Compiled passes see the live parametrized weights; caching them would be a new tensor per call.
+    with torch.no_grad(), (contextlib.nullcontext() if compile else _weights_cached(model)):
         for a in range(0, flat.shape[0], per_block):
             block = flat[a:a + per_block]
             if nhwc:
@@ -133,21 +164,20 @@ def grid_energies(model: Callable[[Tensor, Tensor], Tensor], images: Tensor, can
             total = block.shape[0] * k
             for start in range(0, total, rows):
                 stop = min(total, start + rows)
-                p = torch.arange(start, stop, device=images.device)
+                # a compiled pass always has `rows` pairs: the last one repeats its final pair
+                p = torch.arange(start, start + rows if compile else stop, device=images.device).clamp_(max=stop - 1)
                 i, j = p // k, p % k
-                if split:
-                    e = split[1](tuple(f[i] for f in feats), candidates[j])
-                else:
-                    e = model(block[i], candidates[j])
-                e = leaf_energy_from_output(e, stop - start, "model")
+                e = per_pair(tuple(f[i] for f in feats) if split else block[i], candidates[j])
+                e = leaf_energy_from_output(e, p.shape[0], "model")[:stop - start]
                 out[a:a + block.shape[0]].view(-1)[start:stop] = e.float()
     return out.view(b, v, k).sum(1)
 
 
 def infer_grid(model, images: Tensor, candidates: Tensor, *, views: bool = False,
-               budget_bytes: int | None = None) -> InferResult:
-    """The candidate with the lowest (summed) energy for each image or group of views."""
-    energies = grid_energies(model, images, candidates, views=views, budget_bytes=budget_bytes)
+               budget_bytes: int | None = None, compile: bool = False) -> InferResult:
+    """The candidate with the lowest (summed) energy for each image or group of views
+    (arguments as :func:`grid_energies`)."""
+    energies = grid_energies(model, images, candidates, views=views, budget_bytes=budget_bytes, compile=compile)
     if not torch.isfinite(energies).all():
         bad = (~torch.isfinite(energies)).nonzero()[0].tolist()
         raise FloatingPointError(f"non-finite energy for image {bad[0]} and candidate {bad[1]}")

@@ -63,10 +63,10 @@ __all__ = ["TrainConfig", "ConditionalData", "Trainer", "load_data", "synthetic_
 ATTRIBUTES = {"position": ("pos", "continuous"), "pos": ("pos", "continuous"), "size": ("size", "continuous"),
               "color": ("color", "onehot"), "shape": ("shape", "onehot")}
 
-# Config fields a resumed run may change (bookkeeping, and how the same chains are executed: compiled
-# or eager, which step backend); any other difference is an error.
+# Config fields a resumed run may change (bookkeeping, where the run folder now is, and how the same
+# chains are executed: compiled or eager, which step backend); any other difference is an error.
 RESUME_OVERRIDABLE = ("iterations", "log_every", "image_every", "checkpoint_every", "progress", "threads",
-                      "device", "resume", "compile", "backend")
+                      "device", "resume", "compile", "backend", "out")
 
 
 @dataclass
@@ -787,12 +787,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm bar")
     p.add_argument("--resume", action="store_true",
                    help="continue the checkpoint in OUT/ckpt (its config; --iterations and bookkeeping may change)")
+    p.add_argument("--export-model", metavar="PATH",
+                   help="no training: write the model (EMA weights if on) of the newest checkpoint in OUT/ckpt to "
+                        "PATH, loadable by load_model, `ebm-fast sample` and the evaluations; then exit")
     return p
 
 
 def config_from_args(argv: list[str] | None) -> TrainConfig:
     """Parse ``ebm-fast train`` arguments; with ``--resume``, start from the checkpoint's config."""
     given = vars(_parser().parse_args(argv))
+    given.pop("export_model", None)
     if given.get("resume"):
         out = Path(given.get("out", TrainConfig.out))
         found = CheckpointManager(out / "ckpt").load_latest()
@@ -805,6 +809,17 @@ def config_from_args(argv: list[str] | None) -> TrainConfig:
 
 def cli_main(argv: list[str] | None = None) -> int:
     """``ebm-fast train [options]``: train (or ``--resume``) a concept; prints the final statistics."""
+    export = vars(_parser().parse_args(argv)).get("export_model")
+    if export is not None:
+        argv = list(sys.argv[1:] if argv is None else argv)
+        config = config_from_args(argv if "--resume" in argv else [*argv, "--resume"])
+        trainer = Trainer(config)
+        if not trainer.resume():
+            print(f"ebm-fast train --export-model: no checkpoint in {config.out}/ckpt", file=sys.stderr)
+            return 2
+        trainer.export(export)
+        print(f"wrote {export} (step {trainer.step_count})")
+        return 0
     config = config_from_args(argv)
     stats = Trainer(config).train()
     if int(os.environ.get("RANK", "0")) == 0:

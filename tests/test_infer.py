@@ -122,3 +122,24 @@ def test_bad_inputs():
         infer.grid_energies(model, torch.rand(2), torch.rand(3, 2), views=True)
     with pytest.raises(ValueError, match="init must have shape"):
         infer.refine(model, torch.rand(2, 2), torch.rand(3, 2), lo=-1, hi=1)
+
+
+def test_compiled_grid_energies_equal_eager_with_padded_passes():
+    """compile=True pads every pass to one size (whole images' grids, or fewer rows than one grid):
+    the table equals the eager one, including the last, padded pass, and a second call reuses the code."""
+    from ebm_fast.models import build_model
+
+    gen = _gen()
+    torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))
+    model = build_model("tiny", cond_dim=2, cond_type="continuous").eval()
+    for film in (m for m in model.modules() if m.__class__.__name__ == "FiLM"):
+        torch.nn.init.normal_(film.linear.weight, std=0.5)
+    images = torch.rand(5, 3, 16, 16, generator=gen)
+    cands = infer.position_grid(3)
+    eager = infer.grid_energies(model, images, cands)
+    pair_bytes = 16 * 16 * 3 * 4 * 64
+    for budget in (4 * pair_bytes, 20 * pair_bytes):  # 4 pairs per pass (< one grid of 9); 2 whole grids
+        for _ in range(2):
+            got = infer.grid_energies(model, images, cands, budget_bytes=budget, compile=True)
+            torch.testing.assert_close(got, eager, rtol=1e-4, atol=1e-5)
+    assert set(infer._COMPILED_PASSES[model]) == {4, 18}

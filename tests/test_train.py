@@ -222,3 +222,21 @@ def test_conditioning_is_learned(tmp_path):
     own = channel[torch.arange(len(color)), color]
     excess = float((own - (channel.sum(1) - own) / 2).mean())
     assert excess > 0.1, f"seed {seed}: own-colour excess {excess:.3f} (data 0.200)"
+
+
+def test_export_model_from_a_checkpoint_without_training(tmp_path, capsys):
+    """--export-model writes the checkpoint's EMA weights as a loadable model and trains nothing."""
+    from ebm_fast.models import load_model
+
+    npz = tmp_path / "data.npz"
+    _write_npz(npz)
+    assert cli_main(_cli_args(tmp_path / "r", npz, 4)) == 0
+    ckpt = load_checkpoint_file(tmp_path / "r" / "ckpt" / "last.pt")
+    assert cli_main(["--out", str(tmp_path / "none"), "--export-model", str(tmp_path / "x.pt")]) == 2
+    assert cli_main(["--out", str(tmp_path / "r"), "--export-model", str(tmp_path / "m.pt")]) == 0
+    assert "step 4" in capsys.readouterr().out
+    model, meta = load_model(tmp_path / "m.pt")
+    assert meta["step"] == 4
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, ckpt["ema"][name]), name
+    assert load_checkpoint_file(tmp_path / "r" / "ckpt" / "last.pt")["step"] == 4  # nothing trained
