@@ -2,7 +2,9 @@
 
 Also holds :class:`ChainSettings` and :func:`sample_images`, the Langevin chain used for images of
 concept compositions (here and by :mod:`ebm_fast.evaluate`). The chain defaults to the one the
-concepts were trained with (recorded in each model file); without that record, to
+concepts were trained with (recorded in each model file), run as long as the training's persistent
+chains were on average (:func:`from_noise_steps`: K / (1 - p) with a replay buffer); without that
+record, to
 :class:`ebm_fast.train.TrainConfig`'s defaults (60 steps, step size 10, noise 0.005, element-wise
 gradient clip 0.01, the released code's ``noise_first`` order). Chains start from uniform noise in [0, 1].
 """
@@ -23,7 +25,7 @@ from torch import Tensor
 from .compose import DEFAULT_NOT_ALPHA, Expr
 from .train import TrainConfig
 
-__all__ = ["ChainSettings", "chain_settings_of", "sample_images", "concepts_resolution", "to_uint8", "resolve_device",
+__all__ = ["ChainSettings", "chain_settings_of", "from_noise_steps", "sample_images", "concepts_resolution", "to_uint8", "resolve_device",
            "add_chain_args", "settings_from_args", "sample_cli_main"]
 
 _TRAIN = TrainConfig  # class attributes hold the dataclass defaults
@@ -102,16 +104,31 @@ CHAIN_FIELDS = {"steps": "langevin_steps", "step_size": "step_size", "noise": "n
                 "order": "order"}
 
 
+def from_noise_steps(train_config: Mapping) -> int:
+    """Langevin steps for a chain started from uniform noise that matches the training's chains.
+
+    Training continues chains from its replay buffer: each draw extends a stored chain by ``K`` steps
+    with probability ``p`` and starts a fresh one otherwise, so the chains it learned from were on
+    average ``K / (1 - p)`` steps long (400 for K = 20, p = 0.95). Without a buffer (p = 0) it is ``K``.
+    """
+    k = int(train_config["langevin_steps"])
+    p = float(train_config.get("replay_p", 0.0) or 0.0)
+    if not 0.0 <= p < 1.0:
+        return k
+    return max(k, int(round(k / (1.0 - p))))
+
+
 def chain_settings_of(concepts: Mapping | None, **overrides) -> ChainSettings:
-    """Chain settings for sampling ``concepts``: the Langevin chain they were trained with (steps,
-    step size, noise, gradient clip, order from each model's recorded ``train_config``) when all of
-    them agree, else :class:`ChainSettings`' defaults; ``overrides`` win."""
+    """Chain settings for sampling ``concepts`` from noise: the Langevin chain they were trained with
+    (step size, noise, gradient clip, order from each model's recorded ``train_config``; steps
+    :func:`from_noise_steps`, as long as the training's persistent chains) when all of them agree, else
+    :class:`ChainSettings`' defaults; ``overrides`` win."""
     base: dict = {}
     found = []
     for _, meta in (concepts or {}).values():
         tc = (meta or {}).get("train_config") or {}
         if all(v in tc for v in CHAIN_FIELDS.values()):
-            found.append(tuple(tc[v] for v in CHAIN_FIELDS.values()))
+            found.append(tuple(from_noise_steps(tc) if f == "steps" else tc[v] for f, v in CHAIN_FIELDS.items()))
     if found and len(set(found)) == 1 and len(found) == len(concepts):
         base = dict(zip(CHAIN_FIELDS, found[0]))
     return ChainSettings(**{**base, **overrides})
@@ -124,7 +141,8 @@ def add_chain_args(p: argparse.ArgumentParser) -> None:
     concepts were trained with (:func:`chain_settings_of`); unset, they are absent from the namespace."""
     d = ChainSettings()
     fallback = f"(default: the concepts' training chain, else {{}})"
-    p.add_argument("--steps", type=int, default=argparse.SUPPRESS, help="Langevin steps " + fallback.format(d.steps))
+    steps_default = "(default: as long as the concepts' training chains, K / (1 - replay p), else {})"
+    p.add_argument("--steps", type=int, default=argparse.SUPPRESS, help="Langevin steps " + steps_default.format(d.steps))
     p.add_argument("--step-size", type=float, default=argparse.SUPPRESS, help="step size " + fallback.format(d.step_size))
     p.add_argument("--noise", type=float, default=argparse.SUPPRESS, help="noise scale " + fallback.format(d.noise))
     p.add_argument("--grad-clip", type=lambda s: None if s.lower() in ("none", "off") else float(s),

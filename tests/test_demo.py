@@ -74,9 +74,15 @@ def test_chain_settings_follow_the_concepts_recipe():
               "order": "noise_first"}
     for a in cs:
         cs[a][1]["train_config"] = dict(recipe)
-    s = chain_settings_of(cs)
+    s = chain_settings_of(cs)  # no replay recorded: chains from noise as long as the training's K
     assert (s.steps, s.step_size, s.noise, s.grad_clip, s.order) == (40, 1000.0, 0.001, 0.01, "noise_first")
     assert chain_settings_of(cs, steps=7, batch_size=3).steps == 7
+    for a in cs:  # a replay buffer with p = 0.95: the training's chains averaged K / (1 - p) steps
+        cs[a][1]["train_config"]["replay_p"] = 0.95
+    assert chain_settings_of(cs).steps == 800
+    cs["color"][1]["train_config"]["replay_p"] = 0.0  # they disagree on the chain length: the defaults
+    assert chain_settings_of(cs).steps == ChainSettings().steps
+    cs["color"][1]["train_config"]["replay_p"] = 0.95
     cs["color"][1]["train_config"]["step_size"] = 100.0  # the concepts disagree: the generic defaults
     d = ChainSettings()
     assert chain_settings_of(cs).step_size == d.step_size and chain_settings_of(None).steps == d.steps
