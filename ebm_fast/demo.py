@@ -74,7 +74,7 @@ def cli_main(argv: list[str] | None = None) -> int:
         "otherwise (or with --gaussian) on 2-D Gaussian concepts against their closed form."))
     p.add_argument("--gaussian", action="store_true", help="the analytic 2-D demo even when concepts are present")
     p.add_argument("--concepts", default=None, help="folder of position.pt, color.pt, shape.pt (default: shipped)")
-    p.add_argument("--n", type=int, default=64, help="concept demo: samples per expression (default 64)")
+    p.add_argument("--n", type=int, default=32, help="concept demo: samples per expression (default 32)")
     p.add_argument("--batch", type=int, default=4096, help="Gaussian demo: chains per expression (default 4096)")
     p.add_argument("--gaussian-steps", type=int, default=1000, help="Gaussian demo: Langevin steps (default 1000)")
     p.add_argument("--eta", type=float, default=0.005, help="Gaussian demo: step size (default 0.005)")

@@ -277,7 +277,7 @@ def _int64_halves(name: str, v) -> tuple:
 
 def _kernel_args(x: Tensor, grads: Tensor, energies: Tensor, table: Tensor, *, step_size, noise, seed, step,
                  order: int, grad_clip, clamp, out: Tensor, energy_out: Tensor, flag: Tensor,
-                 block_b: int | None, block_d: int | None, num_warps: int | None):
+                 block_b: int | None = None, block_d: int | None = None, num_warps: int | None = None):
     """``(grid, args, meta)`` of one launch (shared by the launch and :func:`compile_ahead`)."""
     n, b, d = grads.shape
     m = table.shape[0]
@@ -332,20 +332,15 @@ def langevin_step_triton(x: Tensor, grads: Tensor, energies: Tensor, table: Tens
     _langevin_step_kernel[grid](*args, **meta)
 
 
-def compile_ahead(x: Tensor, grads: Tensor, energies: Tensor, table: Tensor, *, step_size, noise, seed, step,
-                  order: int, grad_clip, clamp, out: Tensor, energy_out: Tensor, flag: Tensor,
-                  block_b: int | None = None, block_d: int | None = None, num_warps: int | None = None) -> None:
-    """Compile (not run) the kernel :func:`langevin_step_triton` would launch for these arguments.
+def compile_ahead(x: Tensor, *args, **kwargs) -> None:
+    """Compile (not run) the kernel :func:`langevin_step_triton` would launch for the same arguments.
 
     Call it before capturing a CUDA graph that contains the step, so no compile happens during the
     capture. Nothing is read or written. A no-op under the interpreter.
     """
     if x.shape[0] == 0:
         return
-    grid, args, meta = _kernel_args(x, grads, energies, table, step_size=step_size, noise=noise, seed=seed,
-                                    step=step, order=order, grad_clip=grad_clip, clamp=clamp, out=out,
-                                    energy_out=energy_out, flag=flag, block_b=block_b, block_d=block_d,
-                                    num_warps=num_warps)
+    grid, args, meta = _kernel_args(x, *args, **kwargs)
     compiled = _langevin_step_kernel.warmup(*args, grid=grid, **meta)
     if hasattr(compiled, "result"):  # Triton's asynchronous compile mode returns a future
         compiled = compiled.result()
