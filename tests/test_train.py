@@ -240,3 +240,35 @@ def test_export_model_from_a_checkpoint_without_training(tmp_path, capsys):
     for name, value in model.state_dict().items():
         assert torch.equal(value, ckpt["ema"][name]), name
     assert load_checkpoint_file(tmp_path / "r" / "ckpt" / "last.pt")["step"] == 4  # nothing trained
+
+
+def test_condition_accuracy_is_a_brute_force_pairwise_count_and_touches_nothing(tmp_path):
+    """cond_acc in the log equals a per-image count of E(x|c_i) < E(x|c_{i+1}); logging it every
+    iteration leaves the run bit-identical to one that logs rarely (no RNG drawn, no state changed)."""
+    data = synthetic_data(64, 16, int(torch.randint(0, 100, (1,))))
+    often = Trainer(_small(tmp_path / "often", cond="color", iterations=5, log_every=1), data=data)
+    often.train()
+    rarely = Trainer(_small(tmp_path / "rarely", cond="color", iterations=5, log_every=100), data=data)
+    rarely.train()
+    _assert_bit_identical(_full_state(often), _full_state(rarely), "state")
+    recs = [json.loads(x) for x in (tmp_path / "often" / "log.jsonl").read_text().splitlines()]
+    assert all(0.0 <= r["cond_acc"] <= 1.0 for r in recs if not r.get("final"))
+
+    x, c = often.last_positives, often.last_positive_cond
+    model = often.model
+    for film in (m for m in model.modules() if m.__class__.__name__ == "FiLM"):  # no near-ties
+        torch.nn.init.normal_(film.linear.weight, std=0.5)
+    got = often.condition_accuracy()
+    model.eval()
+    wins, count = 0, 0
+    with torch.no_grad():
+        for i in range(x.shape[0]):
+            j = (i - 1) % x.shape[0]  # roll(1): image i is paired with the condition of image i - 1
+            if torch.equal(c[i], c[j]):
+                continue
+            right = model(x[i:i + 1], c[i:i + 1])
+            wrong = model(x[i:i + 1], c[j:j + 1])
+            wins += int(right.item() < wrong.item())
+            count += 1
+    expected = wins / count if count else None
+    assert (got is None and expected is None) or abs(got - expected) < 1e-6
