@@ -10,6 +10,7 @@
 #   bash scripts/train_concepts.sh continual-position         # Table 2, in order: -position, -shape, -color
 #
 # EXTRA="--step-size 100" bash scripts/train_concepts.sh color   # flags after the recipe's override it
+#   bash scripts/train_concepts.sh status                     # where every run stands (ebm_fast.run_status)
 # A finished run leaves model.pt in its folder; docs/training.md says where each one goes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +22,10 @@ mkdir -p runs/concepts
 need() {  # a frozen concept an earlier stage must have finished
   [ -f "$1" ] || { echo "train_concepts: $2 needs $1 (finish that run first)" >&2; exit 2; }
 }
+
+if [ "${1:-}" = status ]; then  # where every run stands: step, speed, energies, cond_acc, newest negatives
+  exec $PY -m ebm_fast.run_status runs/concepts/*/ runs/continual/*/
+fi
 
 for name in "$@"; do
   case "$name" in

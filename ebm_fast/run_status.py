@@ -1,0 +1,84 @@
+"""Where training runs stand, read from their folders: ``python -m ebm_fast.run_status RUN_DIR...``.
+
+For each run folder written by ``ebm-fast train`` (``log.jsonl``, ``ckpt/``, ``samples/``) it prints the
+step reached out of the run's iterations, the speed, the energies, ``cond_acc`` (how well a conditional
+model reads its condition; 0.5 = ignored) averaged over the last log lines, the newest checkpoint and
+the newest grid of negatives. ``scripts/train_concepts.sh status`` runs it on every concept run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from statistics import fmean
+
+__all__ = ["run_summary", "format_summaries", "cli_main"]
+
+
+def _log_records(path: Path) -> list[dict]:
+    records = []
+    if not path.is_file():
+        return records
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut short by a kill
+            continue
+    return records
+
+
+def run_summary(run: str | Path, window: int = 20) -> dict:
+    """The state of one run folder; averages over the last ``window`` log lines (before ``final``)."""
+    run = Path(run)
+    config = {}
+    if (run / "config.json").is_file():
+        config = json.loads((run / "config.json").read_text())
+    records = _log_records(run / "log.jsonl")
+    final = any(r.get("final") for r in records)
+    recent = [r for r in records if not r.get("final")][-window:]
+
+    def mean(key):
+        values = [r[key] for r in recent if isinstance(r.get(key), (int, float))]
+        return fmean(values) if values else None
+
+    samples = sorted((run / "samples").glob("neg_*.png")) if (run / "samples").is_dir() else []
+    return {
+        "run": str(run), "step": recent[-1]["step"] if recent else 0, "iterations": config.get("iterations"),
+        "finished": final, "it_per_s": mean("it_per_s"), "e_pos": mean("e_pos"), "e_neg": mean("e_neg"),
+        "cond_acc": mean("cond_acc"), "checkpoint": (run / "ckpt" / "last.pt").is_file(),
+        "model": (run / "model.pt").is_file(), "last_samples": str(samples[-1]) if samples else None,
+    }
+
+
+def format_summaries(summaries: list[dict]) -> str:
+    """A plain-text table of :func:`run_summary` results."""
+    def num(v, fmt):
+        return "-" if v is None else format(v, fmt)
+
+    head = f"{'run':<36} {'step':>12} {'it/s':>6} {'E+':>8} {'E-':>8} {'cond_acc':>8}  newest negatives"
+    lines = [head, "-" * len(head)]
+    for s in summaries:
+        step = f"{s['step']}/{s['iterations'] or '?'}" + ("*" if s["finished"] else "")
+        lines.append(f"{s['run']:<36} {step:>12} {num(s['it_per_s'], '.2f'):>6} {num(s['e_pos'], '+.4f'):>8} "
+                     f"{num(s['e_neg'], '+.4f'):>8} {num(s['cond_acc'], '.3f'):>8}  {s['last_samples'] or '-'}")
+    lines.append("(* finished: model.pt written; averages over the last log lines; cond_acc 0.5 = condition ignored)")
+    return "\n".join(lines)
+
+
+def cli_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m ebm_fast.run_status", description=__doc__.splitlines()[0])
+    p.add_argument("runs", nargs="+", help="run folders (those without a log.jsonl are skipped)")
+    p.add_argument("--window", type=int, default=20, help="log lines averaged (default 20)")
+    a = p.parse_args(argv)
+    runs = [r for r in a.runs if (Path(r) / "log.jsonl").is_file()]
+    if not runs:
+        print("no run folder with a log.jsonl among: " + " ".join(a.runs), file=sys.stderr)
+        return 2
+    print(format_summaries([run_summary(r, a.window) for r in runs]))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(cli_main())
