@@ -540,7 +540,8 @@ class Trainer:
 
     def condition_accuracy(self) -> float | None:
         """How well the model reads its condition, on the last data batch: the fraction of positives
-        ``x_i`` with ``E(x_i | c_i) < E(x_i | c_{i+1})`` (each image against its neighbour's condition).
+        ``x_i`` with ``E(x_i | c_i) < E(x_i | c_{i-1})`` (each image against its neighbour's condition;
+        pairs whose two labels are equal are left out).
 
         0.5 means the condition is ignored; near 1 the concept is learned well enough for inference.
         None for an unconditional model. One no-grad forward in eval mode: no RNG, no state touched.
