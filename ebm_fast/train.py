@@ -48,6 +48,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .dictconfig import DictConfig
@@ -536,6 +537,8 @@ class Trainer:
         self.last_positives, self.last_positive_cond = x_pos, (conds[0] if own else None)
         stats.update(step=self.step_count, t_sample=t1 - t0, t_update=t2 - t1,
                      neg_mean=float(x_neg.mean()), pos_mean=float(x_pos.mean()))
+        if x_neg.dim() == 4:
+            stats.update(neg_roughness=roughness(x_neg), pos_roughness=roughness(x_pos))
         return stats
 
     def condition_accuracy(self) -> float | None:
@@ -718,6 +721,16 @@ class Trainer:
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         save_image_grid(path, x.permute(0, 2, 3, 1).cpu().numpy(), ncols=8, scale=2)
+
+
+def roughness(images: Tensor) -> float:
+    """Mean absolute deviation of images ``(B, C, H, W)`` from their 3x3 local mean.
+
+    A noise meter for the negatives: uniform noise in [0, 1] scores ~0.23, the 32x32 MuJoCo scenes
+    ~0.026; negatives far above the data's value are still noisy chains.
+    """
+    x = images.detach().float()
+    return float((x - F.avg_pool2d(x, 3, 1, 1, count_include_pad=False)).abs().mean())
 
 
 def _to_cpu(obj):
