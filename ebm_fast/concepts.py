@@ -63,17 +63,28 @@ def canonical_attribute(name: str) -> str:
 # no effective gradient clip, Adam 3e-4 with beta1 = 0, a free head. Changed for the CPU budget: no
 # spectral norm (with it, 3300 iterations left data, uniform noise and grey the same energy, per-pixel
 # gradients ~1e-6), a 1000-image buffer so that persistent chains are revisited every ~60 iterations,
-# and K = 20 at B = 16 for ~3x more updates per hour.
+# and K = 20 at B = 16 for ~3x more updates per hour. Added after ~8000 iterations in which no run
+# learned to read its condition (cond_acc 0.5): the conditional ranking term (--cond-contrast 1), the
+# max of the final feature map beside its mean (--pool meanmax: with the mean alone even that term
+# left colour at chance for 4000 iterations, runs/stage1/color32_contrast_meanpool), and coordinate
+# input channels for positions (POSITION_FLAGS; without them the model is blind to where
+# an object is, see ebm_fast.models.EnergyResNet's ``coords``).
 RECIPE_FLAGS = ("--resolution 32 --n-images 10000 --model small32 --no-spectral-norm --iterations 20000 "
                 "--batch-size 16 --langevin-steps 20 --step-size 100 --noise 0.001 --replay-capacity 1000 "
-                "--ema 0.999 --checkpoint-every 100 --image-every 200 --compile")
+                "--ema 0.999 --checkpoint-every 100 --image-every 200 --compile --cond-contrast 1 --pool meanmax")
+POSITION_FLAGS = "--coords"
+
+
+def recipe_flags(attribute: str) -> str:
+    """The recipe's flags for a concept of ``attribute`` (positions also get :data:`POSITION_FLAGS`)."""
+    return f"{RECIPE_FLAGS} {POSITION_FLAGS}" if canonical_attribute(attribute) == "position" else RECIPE_FLAGS
 
 
 def train_command(attribute: str, out: str | Path | None = None) -> str:
     """The training command that produces the concept model of ``attribute`` (add ``--resume`` to go on)."""
     out = Path(out) if out is not None else default_concepts_dir() / f"{attribute}.pt"
     run = f"runs/concepts/{attribute}32"
-    return f"ebm-fast train --data scenes --cond {attribute} {RECIPE_FLAGS} --out {run} && cp {run}/model.pt {out}"
+    return f"ebm-fast train --data scenes --cond {attribute} {recipe_flags(attribute)} --out {run} && cp {run}/model.pt {out}"
 
 
 def concept_paths(directory: str | Path | None = None,

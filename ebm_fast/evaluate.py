@@ -336,18 +336,18 @@ def write_report(results: Sequence[RowResult], out: str | Path, info: Mapping | 
 def continual_commands(directory: str | Path) -> list[str]:
     """The training commands of the Table 2 concept set (position on purple cubes, then shape with
     position frozen, then colour with both frozen), copying each ``model.pt`` into ``directory``.
-    Each uses the shipped concepts' recipe (:data:`ebm_fast.concepts.RECIPE_FLAGS`)."""
-    from .concepts import RECIPE_FLAGS
+    Each uses the shipped concepts' recipe (:func:`ebm_fast.concepts.recipe_flags`)."""
+    from .concepts import recipe_flags
 
     d = Path(directory)
     run = "runs/continual"
     return [
-        f"ebm-fast train --data scenes --cond position --shapes box --colors purple {RECIPE_FLAGS}"
+        f"ebm-fast train --data scenes --cond position --shapes box --colors purple {recipe_flags('position')}"
         f" --out {run}/position && cp {run}/position/model.pt {d / 'position.pt'}",
         f"ebm-fast train --data scenes --cond shape --colors purple --frozen {d / 'position.pt'}=position"
-        f" {RECIPE_FLAGS} --out {run}/shape && cp {run}/shape/model.pt {d / 'shape.pt'}",
+        f" {recipe_flags('shape')} --out {run}/shape && cp {run}/shape/model.pt {d / 'shape.pt'}",
         f"ebm-fast train --data scenes --cond color --frozen {d / 'position.pt'}=position {d / 'shape.pt'}=shape"
-        f" {RECIPE_FLAGS} --out {run}/color && cp {run}/color/model.pt {d / 'color.pt'}",
+        f" {recipe_flags('color')} --out {run}/color && cp {run}/color/model.pt {d / 'color.pt'}",
     ]
 
 

@@ -55,7 +55,7 @@ from .dictconfig import DictConfig
 from .checkpoint import CheckpointManager, rng_state, set_rng_state
 from .continual import FrozenConcept, load_frozen, negatives_expr, param_digest
 from .leaf_eval import prefers_channels_last
-from .models import MODEL_CONFIGS, build_model, save_model
+from .models import MODEL_CONFIGS, POOLS, build_model, load_model, load_weights_widening, save_model
 
 __all__ = ["TrainConfig", "ConditionalData", "Trainer", "load_data", "synthetic_data", "train", "cli_main",
            "ATTRIBUTES"]
@@ -66,8 +66,11 @@ ATTRIBUTES = {"position": ("pos", "continuous"), "pos": ("pos", "continuous"), "
 
 # Config fields a resumed run may change (bookkeeping, where the run folder now is, and how the same
 # chains are executed: compiled or eager, which step backend); any other difference is an error.
+# cond_contrast may also be switched on (or re-weighted) in a resumed run, so a run that has not learned
+# to read its condition can be fine-tuned with the term (its log lines carry cond_loss from then on);
+# init_from is read only when a run starts.
 RESUME_OVERRIDABLE = ("iterations", "log_every", "image_every", "checkpoint_every", "progress", "threads",
-                      "device", "resume", "compile", "backend", "out")
+                      "device", "resume", "compile", "backend", "out", "cond_contrast", "init_from")
 
 
 @dataclass
@@ -95,12 +98,16 @@ class TrainConfig(DictConfig):
     # model
     model: str = "small32"
     spectral_norm: bool = True
+    pool: str | None = None
+    coords: bool = False
+    init_from: str | None = None
     # optimisation
     iterations: int = 1000
     batch_size: int = 32
     lr: float = 3e-4
     betas: tuple[float, float] = (0.0, 0.999)
     alpha: float = 1.0
+    cond_contrast: float = 0.0
     grad_clip: float | None = None
     ema: float | None = None
     # negatives
@@ -145,9 +152,12 @@ class TrainConfig(DictConfig):
             positive(name, integer=False)
         positive("noise", integer=False, allow_zero=True)
         positive("alpha", integer=False, allow_zero=True)
+        positive("cond_contrast", integer=False, allow_zero=True)
         for name in ("grad_clip", "sample_grad_clip"):
             if getattr(self, name) is not None:
                 positive(name, integer=False)
+        if self.cond_contrast and self.cond == "none":
+            raise ValueError("cond_contrast: an unconditional model (cond='none') has no condition to contrast")
         if self.ema is not None and not (0.0 < self.ema < 1.0):
             raise ValueError(f"ema: expected a decay in (0, 1) or None, got {self.ema!r}")
         if not (0.0 <= self.replay_p <= 1.0):
@@ -156,6 +166,8 @@ class TrainConfig(DictConfig):
             raise ValueError(f"replay_dtype: expected 'uint8' or 'float32', got {self.replay_dtype!r}")
         if self.order not in ("noise_first", "ula"):
             raise ValueError(f"order: expected 'noise_first' or 'ula', got {self.order!r}")
+        if self.pool is not None and self.pool not in POOLS:
+            raise ValueError(f"pool: expected one of {POOLS} or None, got {self.pool!r}")
         if self.model not in MODEL_CONFIGS:
             raise ValueError(f"model: expected one of {sorted(MODEL_CONFIGS)}, got {self.model!r}")
         self.betas = tuple(float(b) for b in self.betas)
@@ -400,8 +412,12 @@ class Trainer:
             ctype, cdim = "none", 0
         if model is None:
             torch.manual_seed(config.seed)  # the same initial weights on every rank
+            extra = {} if config.pool is None else {"pool": config.pool}
             model = build_model(config.model, cdim, ctype, spectral_norm=config.spectral_norm,
-                                in_channels=self.data.images.shape[1])
+                                coords=config.coords, in_channels=self.data.images.shape[1], **extra)
+        if config.init_from is not None:  # a fresh run's starting weights (a resume then loads its checkpoint)
+            source, _ = load_model(config.init_from)
+            load_weights_widening(model, source.state_dict())
         self.model = model.to(self.device)
         self.frozen = list(frozen) if frozen is not None else [load_frozen(s, self.device) for s in config.frozen]
         for f in self.frozen:
@@ -489,25 +505,56 @@ class Trainer:
         self.replay.add(x, labels=draw.labels)
         return x, neg_conds
 
-    def update(self, x_pos: Tensor, x_neg: Tensor, cond_pos: Tensor | None, cond_neg: Tensor | None) -> dict:
-        """One optimiser step on the contrastive loss; returns ``loss``, ``e_pos``, ``e_neg`` (floats).
+    def mismatched_conditions(self, cond: Tensor) -> Tensor:
+        """A wrong condition for each positive, for the ``cond_contrast`` term: another class drawn
+        uniformly for class indices, the label of another batch element (a random permutation) for
+        continuous labels. Drawn from the run's generator, so only runs with the term draw it."""
+        b = cond.shape[0]
+        if not cond.is_floating_point():
+            classes = self.data.attribute(self.config.cond)[2]
+            shift = torch.randint(1, max(classes, 2), (b,), generator=self.gen).to(cond.device)
+            return (cond + shift.view(b, *([1] * (cond.dim() - 1)))) % classes
+        perm = torch.randperm(b, generator=self.gen).to(cond.device)
+        return cond[perm]
 
-        Positives and negatives go through one forward of ``2B`` rows (the DDP wrapper's, so its
-        gradient all-reduce runs once per iteration).
+    def update(self, x_pos: Tensor, x_neg: Tensor, cond_pos: Tensor | None, cond_neg: Tensor | None) -> dict:
+        """One optimiser step on the contrastive loss; returns ``loss``, ``e_pos``, ``e_neg`` (floats),
+        and ``cond_loss`` when ``cond_contrast`` is on.
+
+        The loss is the paper's ``mean(E+ - E-) + alpha * mean(E+^2 + E-^2)``. With ``cond_contrast``
+        = lambda > 0 it adds ``lambda * mean(softplus(E(x+|c+) - E(x+|c~)))`` over the positives, c~ a
+        wrong condition (:meth:`mismatched_conditions`; pairs whose labels are equal are left out): a
+        logistic ranking term that teaches the model to read its condition directly, where contrastive
+        divergence alone only does so once the negatives already show the concept.
+
+        All rows (positives, negatives, and the positives under wrong conditions) go through one forward
+        (the DDP wrapper's, so its gradient all-reduce runs once per iteration).
         """
         c = self.config
         b = x_pos.shape[0]
         self.model.train()
-        x = torch.cat([x_pos, x_neg])
+        xs, conds = [x_pos, x_neg], [cond_pos, cond_neg]
+        contrast = c.cond_contrast > 0 and cond_pos is not None
+        if contrast:
+            cond_wrong = self.mismatched_conditions(cond_pos)
+            differs = (cond_wrong != cond_pos).reshape(b, -1).any(1)
+            xs.append(x_pos)
+            conds.append(cond_wrong)
+        x = torch.cat(xs)
         if self._update_channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        e = self.net(x) if cond_pos is None else self.net(x, torch.cat([cond_pos, cond_neg]))
-        e = e.reshape(2 * b, -1).sum(1)
-        e_pos, e_neg = e[:b], e[b:]
+        e = self.net(x) if cond_pos is None else self.net(x, torch.cat(conds))
+        e = e.reshape(x.shape[0], -1).sum(1)
+        e_pos, e_neg = e[:b], e[b:2 * b]
         loss = (e_pos - e_neg).mean() + c.alpha * (e_pos.square() + e_neg.square()).mean()
+        out = {}
+        if contrast:
+            ranking = torch.nn.functional.softplus(e_pos - e[2 * b:])
+            cond_loss = (ranking * differs).sum() / differs.sum().clamp(min=1)
+            loss = loss + c.cond_contrast * cond_loss
+            out["cond_loss"] = float(cond_loss.detach())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        out = {}
         if c.grad_clip is not None:
             out["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip))
         self.optimizer.step()
@@ -794,11 +841,18 @@ def _parser() -> argparse.ArgumentParser:
     opt("--renderer", str, "scenes: auto, mujoco or numpy")
     opt("--model", str, f"architecture: one of {sorted(MODEL_CONFIGS)}")
     p.add_argument("--no-spectral-norm", dest="spectral_norm", action="store_false", help="drop spectral norm")
+    opt("--pool", none_or(str), "pooling of the final feature map: mean, sum, max or meanmax (none: the model's)")
+    p.add_argument("--coords", action="store_true",
+                   help="give the model two coordinate input channels (CoordConv), so it can read positions")
+    opt("--init-from", none_or(str), "start from this model's or checkpoint's weights (EMA if it has them); "
+                                    "input channels it lacks, such as --coords', start at zero")
     opt("--iterations", int, "training iterations")
     opt("--batch-size", int, "positives (and negatives) per iteration, per rank")
     opt("--lr", float, "Adam learning rate")
     p.add_argument("--betas", type=float, nargs=2, help="Adam betas (default 0 0.999)")
     opt("--alpha", float, "weight of the energy regulariser alpha (E+^2 + E-^2)")
+    opt("--cond-contrast", float, "weight of the conditional ranking term softplus(E(x+|c+) - E(x+|wrong c)); "
+                                  "0: the paper's loss alone (may be switched on when resuming)")
     opt("--grad-clip", none_or(float), "clip the gradient norm to this value (none: off)")
     opt("--ema", none_or(float), "EMA decay of the weights, e.g. 0.999 (none: off)")
     opt("--langevin-steps", int, "Langevin steps per negative chain (K)")

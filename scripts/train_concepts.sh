@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Starts, or resumes where it stopped, each named training run behind the shipped concepts and the
 # paper's tables: in the background, niced, one thread each, surviving the shell (setsid). Every run
-# uses the one recipe in ebm_fast/concepts.py (RECIPE_FLAGS). A run's folder OUT gets log.jsonl,
+# uses the one recipe in ebm_fast/concepts.py (recipe_flags). A run's folder OUT gets log.jsonl,
 # samples/ (negatives), ckpt/ and, at the end, model.pt; its stdout goes to OUT.out. Safe to re-run:
 # a run already going is skipped.
 #
@@ -15,7 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
-RECIPE=$($PY -c 'from ebm_fast.concepts import RECIPE_FLAGS; print(RECIPE_FLAGS)')
+recipe() { $PY -c 'import sys; from ebm_fast.concepts import recipe_flags; print(recipe_flags(sys.argv[1]))' "$1"; }
 export EBM_FAST_CACHE=${EBM_FAST_CACHE:-$PWD/data_cache} OMP_WAIT_POLICY=PASSIVE MUJOCO_GL=${MUJOCO_GL:-egl}
 mkdir -p runs/concepts
 
@@ -29,28 +29,31 @@ fi
 
 for name in "$@"; do
   case "$name" in
-    position|color|shape|size) data="--data scenes --cond $name"; out=runs/concepts/${name}32 ;;
+    position|color|shape|size) data="--data scenes --cond $name"; out=runs/concepts/${name}32; attr=$name ;;
     table3)
       npz=$EBM_FAST_CACHE/table3_train_r32.npz
       [ -f "$npz" ] || .venv/bin/ebm-fast eval inference --export-train "$npz" --resolution 32
-      data="--data $npz --cond position"; out=runs/concepts/table3_position32 ;;
-    continual-position) data="--data scenes --cond position --shapes box --colors purple"; out=runs/continual/position ;;
+      data="--data $npz --cond position"; out=runs/concepts/table3_position32; attr=position ;;
+    continual-position) data="--data scenes --cond position --shapes box --colors purple"; out=runs/continual/position; attr=position ;;
     continual-shape)
       need runs/continual/position/model.pt continual-shape
       data="--data scenes --cond shape --colors purple --frozen runs/continual/position/model.pt=position"
-      out=runs/continual/shape ;;
+      out=runs/continual/shape; attr=shape ;;
     continual-color)
       need runs/continual/shape/model.pt continual-color
       data="--data scenes --cond color --frozen runs/continual/position/model.pt=position runs/continual/shape/model.pt=shape"
-      out=runs/continual/color ;;
+      out=runs/continual/color; attr=color ;;
     *) echo "train_concepts: unknown run '$name'" >&2; exit 2 ;;
   esac
   if pgrep -f -- "--out $out( |\$)" > /dev/null; then
     echo "$name: already running ($out)"; continue
   fi
   mkdir -p "$(dirname "$out")"
+  # A run of the first recipe (runs/stage1/, the paper's loss alone) gives a new run its starting weights.
+  stage1=runs/stage1/$(echo "$out" | sed 's#^runs/concepts/##; s#^runs/continual/#continual_#')/ckpt/last.pt
+  init=""; [ -f "$stage1" ] && init="--init-from $stage1"
   # shellcheck disable=SC2086  # the recipe is a list of flags
-  setsid nohup nice -n 19 $PY -m ebm_fast.train $data $RECIPE ${EXTRA:-} --threads 1 --no-progress --out "$out" --resume \
+  setsid nohup nice -n 19 $PY -m ebm_fast.train $data $(recipe "$attr") $init ${EXTRA:-} --threads 1 --no-progress --out "$out" --resume \
     >> "$out.out" 2>&1 < /dev/null &
   echo "$name: started in the background -> $out"
 done

@@ -136,6 +136,66 @@ def test_config_round_trip_and_save_load(tmp_path):
     torch.testing.assert_close(loaded(x, torch.tensor([0, 1, 2])), model(x, torch.tensor([0, 1, 2])), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("pool", ["max", "meanmax"])
+def test_max_pools_against_the_feature_map(pool):
+    """The head reads the final map's max (and, for meanmax, its mean first), checked by recomputing
+    the map block by block; a mean model's weights widened into meanmax keep its energies."""
+    gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1,))))
+    model = build_model("tiny", 3, "onehot", spectral_norm=False, pool=pool).eval()
+    _randomise_film(model, gen)
+    x, c = torch.rand(3, 3, 16, 16, generator=gen), torch.tensor([2, 0, 1])
+    with torch.no_grad():
+        onehot = torch.eye(3)[c]
+        h = model.blocks[0](model.stem(x), onehot)
+        h = torch.nn.functional.silu(model.blocks[1](h, onehot)).flatten(2)
+        feats = h.max(2).values if pool == "max" else torch.cat([h.mean(2), h.max(2).values], 1)
+        torch.testing.assert_close(model(x, c), model.head(feats)[:, 0])
+    if pool == "meanmax":
+        mean = build_model("tiny", 3, "onehot", spectral_norm=False).eval()
+        _randomise_film(mean, gen)
+        ef.models.load_weights_widening(model, mean.state_dict())
+        with torch.no_grad():
+            torch.testing.assert_close(model(x, c), mean(x, c))
+
+
+def test_coordinate_channels_follow_the_scenes_convention():
+    """Pixel centres, x growing to the right and y growing upwards, brute-forced pixel by pixel."""
+    h, w = int(torch.randint(2, 9, (1,))), int(torch.randint(2, 9, (1,)))
+    grid = ef.models.coordinate_channels(torch.rand(2, 3, h, w, dtype=torch.float64))
+    assert grid.shape == (2, 2, h, w) and grid.dtype == torch.float64
+    for i in range(h):
+        for j in range(w):
+            assert float(grid[1, 0, i, j]) == pytest.approx(-1 + (2 * j + 1) / w)
+            assert float(grid[1, 1, i, j]) == pytest.approx(1 - (2 * i + 1) / h)
+
+
+def test_coords_model_sees_position_and_widening_keeps_the_function(tmp_path):
+    """Without coordinates, a circularly shifted image of a translation-equivariant net under
+    circular padding would score the same; a coords model's energy depends on where the object is.
+    Widening a plain model's weights into a coords model (zero coordinate weights) keeps every energy,
+    and a coords model survives save/load with its config."""
+    gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1,))))
+    plain = build_model("tiny", 2, "continuous", spectral_norm=False).eval()
+    _randomise_film(plain, gen)
+    wide = build_model("tiny", 2, "continuous", spectral_norm=False, coords=True).eval()
+    assert wide.stem.weight.shape[1] == 5 and wide.config["coords"]
+    ef.models.load_weights_widening(wide, plain.state_dict())
+    assert torch.equal(wide.stem.weight[:, 3:], torch.zeros_like(wide.stem.weight[:, 3:]))
+    x, c = torch.rand(4, 3, 16, 16, generator=gen), torch.rand(4, 2, generator=gen) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(wide(x, c), plain(x, c), rtol=1e-5, atol=1e-6)
+        wide.stem.weight[:, 3:].normal_(generator=gen)
+        moved = wide(x, c)
+    assert not torch.allclose(moved, plain(x, c), atol=1e-4)
+    save_model(tmp_path / "w.pt", wide)
+    loaded, _ = load_model(tmp_path / "w.pt")
+    torch.testing.assert_close(loaded(x, c), moved, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="stem.weight"):  # channels may only grow
+        ef.models.load_weights_widening(plain, wide.state_dict())
+    with pytest.raises(ValueError, match="missing"):
+        ef.models.load_weights_widening(build_model("tiny", 3, "onehot"), plain.state_dict())
+
+
 @pytest.mark.parametrize("bad, match", [
     (lambda: build_model("nope", 2), "model: expected one of"),
     (lambda: build_model("tiny", 0, "onehot"), "cond_dim"),
