@@ -64,14 +64,14 @@ def canonical_attribute(name: str) -> str:
 # spectral norm (with it, 3300 iterations left data, uniform noise and grey the same energy, per-pixel
 # gradients ~1e-6), a 1000-image buffer so that persistent chains are revisited every ~60 iterations,
 # and K = 20 at B = 16 for ~3x more updates per hour. Added after ~8000 iterations in which no run
-# learned to read its condition (cond_acc 0.5): the conditional ranking term (--cond-contrast 1), the
+# learned to read its condition (cond_acc 0.5): the conditional ranking term (--cond-contrast 5), the
 # max of the final feature map beside its mean (--pool meanmax: with the mean alone even that term
 # left colour at chance for 4000 iterations, runs/stage1/color32_contrast_meanpool), and coordinate
 # input channels for positions (POSITION_FLAGS; without them the model is blind to where
 # an object is, see ebm_fast.models.EnergyResNet's ``coords``).
 RECIPE_FLAGS = ("--resolution 32 --n-images 10000 --model small32 --no-spectral-norm --iterations 20000 "
                 "--batch-size 16 --langevin-steps 20 --step-size 100 --noise 0.001 --replay-capacity 1000 "
-                "--ema 0.999 --checkpoint-every 100 --image-every 200 --compile --cond-contrast 1 --pool meanmax")
+                "--ema 0.999 --checkpoint-every 100 --image-every 200 --compile --cond-contrast 5 --pool meanmax")
 POSITION_FLAGS = "--coords"
 
 

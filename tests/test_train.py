@@ -399,5 +399,5 @@ def test_the_concept_recipe_parses_into_the_documented_config(tmp_path):
     for attribute, coords in (("position", True), ("pos", True), ("color", False), ("shape", False)):
         cfg = config_from_args(["--out", str(tmp_path / attribute), "--cond", attribute,
                                 *shlex.split(recipe_flags(attribute))])
-        assert (cfg.coords, cfg.pool, cfg.cond_contrast, cfg.model) == (coords, "meanmax", 1.0, "small32")
+        assert (cfg.coords, cfg.pool, cfg.cond_contrast, cfg.model) == (coords, "meanmax", 5.0, "small32")
         assert not cfg.spectral_norm and cfg.iterations == 20000
