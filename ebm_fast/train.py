@@ -66,11 +66,11 @@ ATTRIBUTES = {"position": ("pos", "continuous"), "pos": ("pos", "continuous"), "
 
 # Config fields a resumed run may change (bookkeeping, where the run folder now is, and how the same
 # chains are executed: compiled or eager, which step backend); any other difference is an error.
-# cond_contrast may also be switched on (or re-weighted) in a resumed run, so a run that has not learned
-# to read its condition can be fine-tuned with the term (its log lines carry cond_loss from then on);
-# init_from is read only when a run starts.
+# cond_contrast (and cond_jitter) may also be switched on (or re-weighted) in a resumed run, so a run that
+# has not learned to read its condition can be fine-tuned with the term (its log lines carry cond_loss
+# from then on); init_from is read only when a run starts.
 RESUME_OVERRIDABLE = ("iterations", "log_every", "image_every", "checkpoint_every", "progress", "threads",
-                      "device", "resume", "compile", "backend", "out", "cond_contrast", "init_from")
+                      "device", "resume", "compile", "backend", "out", "cond_contrast", "cond_jitter", "init_from")
 
 
 @dataclass
@@ -108,6 +108,7 @@ class TrainConfig(DictConfig):
     betas: tuple[float, float] = (0.0, 0.999)
     alpha: float = 1.0
     cond_contrast: float = 0.0
+    cond_jitter: float = 0.0
     grad_clip: float | None = None
     ema: float | None = None
     # negatives
@@ -153,6 +154,9 @@ class TrainConfig(DictConfig):
         positive("noise", integer=False, allow_zero=True)
         positive("alpha", integer=False, allow_zero=True)
         positive("cond_contrast", integer=False, allow_zero=True)
+        positive("cond_jitter", integer=False, allow_zero=True)
+        if self.cond_jitter and not self.cond_contrast:
+            raise ValueError("cond_jitter: perturbs the wrong conditions of the ranking term; set cond_contrast > 0 too")
         for name in ("grad_clip", "sample_grad_clip"):
             if getattr(self, name) is not None:
                 positive(name, integer=False)
@@ -508,14 +512,21 @@ class Trainer:
     def mismatched_conditions(self, cond: Tensor) -> Tensor:
         """A wrong condition for each positive, for the ``cond_contrast`` term: another class drawn
         uniformly for class indices, the label of another batch element (a random permutation) for
-        continuous labels. Drawn from the run's generator, so only runs with the term draw it."""
+        continuous labels. With ``cond_jitter`` = s > 0, every second continuous one is instead the
+        positive's own label plus Gaussian noise of scale s: a near miss, which teaches the energy to
+        peak sharply at the true value rather than only to tell it from a far-away one. Drawn from the
+        run's generator, so only runs with the term draw it."""
         b = cond.shape[0]
         if not cond.is_floating_point():
             classes = self.data.attribute(self.config.cond)[2]
             shift = torch.randint(1, max(classes, 2), (b,), generator=self.gen).to(cond.device)
             return (cond + shift.view(b, *([1] * (cond.dim() - 1)))) % classes
         perm = torch.randperm(b, generator=self.gen).to(cond.device)
-        return cond[perm]
+        wrong = cond[perm]
+        if self.config.cond_jitter > 0:
+            near = cond + self.config.cond_jitter * torch.randn(cond.shape, generator=self.gen).to(cond)
+            wrong = torch.where((torch.arange(b) % 2 == 1).to(cond.device).view(b, *([1] * (cond.dim() - 1))), near, wrong)
+        return wrong
 
     def update(self, x_pos: Tensor, x_neg: Tensor, cond_pos: Tensor | None, cond_neg: Tensor | None) -> dict:
         """One optimiser step on the contrastive loss; returns ``loss``, ``e_pos``, ``e_neg`` (floats),
@@ -853,6 +864,8 @@ def _parser() -> argparse.ArgumentParser:
     opt("--alpha", float, "weight of the energy regulariser alpha (E+^2 + E-^2)")
     opt("--cond-contrast", float, "weight of the conditional ranking term softplus(E(x+|c+) - E(x+|wrong c)); "
                                   "0: the paper's loss alone (may be switched on when resuming)")
+    opt("--cond-jitter", float, "continuous conditions: every second wrong condition of the ranking term is the "
+                                "true one plus Gaussian noise of this scale (a near miss; 0: off)")
     opt("--grad-clip", none_or(float), "clip the gradient norm to this value (none: off)")
     opt("--ema", none_or(float), "EMA decay of the weights, e.g. 0.999 (none: off)")
     opt("--langevin-steps", int, "Langevin steps per negative chain (K)")
