@@ -68,11 +68,12 @@ def canonical_attribute(name: str) -> str:
 # max of the final feature map beside its mean (--pool meanmax: with the mean alone even that term
 # left colour at chance for 4000 iterations, runs/stage1/color32_contrast_meanpool), and coordinate
 # input channels for positions (POSITION_FLAGS; without them the model is blind to where
-# an object is, see ebm_fast.models.EnergyResNet's ``coords``).
+# an object is, see ebm_fast.models.EnergyResNet's ``coords``). Positions also rank near misses
+# (--cond-jitter 0.1): against far-away positions alone the inferred positions shrank to the centre.
 RECIPE_FLAGS = ("--resolution 32 --n-images 10000 --model small32 --no-spectral-norm --iterations 20000 "
                 "--batch-size 16 --langevin-steps 20 --step-size 100 --noise 0.001 --replay-capacity 1000 "
                 "--ema 0.999 --checkpoint-every 100 --image-every 200 --compile --cond-contrast 5 --pool meanmax")
-POSITION_FLAGS = "--coords"
+POSITION_FLAGS = "--coords --cond-jitter 0.1"
 
 
 def recipe_flags(attribute: str) -> str:

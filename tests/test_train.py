@@ -418,7 +418,7 @@ def test_init_from_starts_a_run_from_another_models_weights(tmp_path):
 
 def test_the_concept_recipe_parses_into_the_documented_config(tmp_path):
     """recipe_flags: every concept gets the ranking term and the mean+max pool; positions also get
-    coordinate channels; the flags parse through `ebm-fast train`'s parser."""
+    coordinate channels and near-miss wrong positions; the flags parse through `ebm-fast train`'s parser."""
     import shlex
 
     from ebm_fast.concepts import recipe_flags
@@ -427,4 +427,5 @@ def test_the_concept_recipe_parses_into_the_documented_config(tmp_path):
         cfg = config_from_args(["--out", str(tmp_path / attribute), "--cond", attribute,
                                 *shlex.split(recipe_flags(attribute))])
         assert (cfg.coords, cfg.pool, cfg.cond_contrast, cfg.model) == (coords, "meanmax", 5.0, "small32")
+        assert cfg.cond_jitter == (0.1 if coords else 0.0)
         assert not cfg.spectral_norm and cfg.iterations == 20000
