@@ -525,7 +525,7 @@ class Trainer:
         wrong = cond[perm]
         if self.config.cond_jitter > 0:
             near = cond + self.config.cond_jitter * torch.randn(cond.shape, generator=self.gen).to(cond)
-            wrong = torch.where((torch.arange(b) % 2 == 1).to(cond.device).view(b, *([1] * (cond.dim() - 1))), near, wrong)
+            wrong[1::2] = near[1::2]  # cond[perm] is a copy
         return wrong
 
     def update(self, x_pos: Tensor, x_neg: Tensor, cond_pos: Tensor | None, cond_neg: Tensor | None) -> dict:
