@@ -283,12 +283,10 @@ class EnergyResNet(nn.Module):
         for block in self.blocks[1:]:
             h = block(h, c)
         h = F.silu(h)
-        if self.pool == "max":
-            h = h.amax(dim=(2, 3))
-        elif self.pool == "meanmax":
+        if self.pool == "meanmax":
             h = torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1)
         else:
-            h = h.sum(dim=(2, 3)) if self.pool == "sum" else h.mean(dim=(2, 3))
+            h = {"mean": h.mean, "sum": h.sum, "max": h.amax}[self.pool](dim=(2, 3))
         return self.head(h).squeeze(1)
 
 
