@@ -70,9 +70,17 @@ def canonical_attribute(name: str) -> str:
 # input channels for positions (POSITION_FLAGS; without them the model is blind to where
 # an object is, see ebm_fast.models.EnergyResNet's ``coords``). Positions also rank near misses
 # (--cond-jitter 0.1): against far-away positions alone the inferred positions shrank to the centre.
+# Last, the sampler: the ranking term makes the energy ~1000x steeper (median per-pixel |dE/dx| 3.5e-3
+# against ~4e-6 without it), so step 100 with the 0.01 gradient clip moved pixels up to 1.0 a step and
+# the negatives became colour blotches (judged colour accuracy from noise at chance); step 10 with noise
+# 0.005 kept them scene-like for a few thousand iterations. Then the ranking term lifted the energy of a
+# data image under a wrong condition to ~+7 (negatives ~+0.5, uniform noise ~+0.9), the gradients grew
+# again and the judged accuracies fell; --cond-reg 1 applies the paper's E^2 regulariser to those
+# energies too (docs/training.md, "Generation after the ranking term").
 RECIPE_FLAGS = ("--resolution 32 --n-images 10000 --model small32 --no-spectral-norm --iterations 20000 "
-                "--batch-size 16 --langevin-steps 20 --step-size 100 --noise 0.001 --replay-capacity 1000 "
-                "--ema 0.999 --checkpoint-every 100 --image-every 200 --compile --cond-contrast 5 --pool meanmax")
+                "--batch-size 16 --langevin-steps 20 --step-size 10 --noise 0.005 --replay-capacity 1000 "
+                "--ema 0.999 --checkpoint-every 100 --image-every 100 --compile --cond-contrast 5 --cond-reg 1 "
+                "--pool meanmax")
 POSITION_FLAGS = "--coords --cond-jitter 0.1"
 
 

@@ -73,7 +73,7 @@ def cli_main(argv: list[str] | None = None) -> int:
         "MuJoCo-Scenes concepts when present (shipped, or --concepts DIR), judged by the shipped judges; "
         "otherwise (or with --gaussian) on 2-D Gaussian concepts against their closed form."))
     p.add_argument("--gaussian", action="store_true", help="the analytic 2-D demo even when concepts are present")
-    p.add_argument("--concepts", default=None, help="folder of position.pt, color.pt, shape.pt (default: shipped)")
+    p.add_argument("--concepts", default=None, help="folder of position.pt and color.pt (default: the shipped ones)")
     p.add_argument("--n", type=int, default=32, help="concept demo: samples per expression (default 32)")
     p.add_argument("--batch", type=int, default=4096, help="Gaussian demo: chains per expression (default 4096)")
     p.add_argument("--gaussian-steps", type=int, default=1000, help="Gaussian demo: Langevin steps (default 1000)")
@@ -88,13 +88,14 @@ def cli_main(argv: list[str] | None = None) -> int:
             from .concepts import load_concepts
 
             settings = settings_from_args(args, load_concepts(args.concepts, attributes=demo_concepts.ATTRIBUTES))
-            demo_concepts.run(args.concepts, n=args.n, settings=settings, seed=args.seed, out=args.out)
+            demo_concepts.run(args.concepts, n=args.n, settings=settings, seed=args.seed, out=args.out,
+                              alpha=args.alpha, temperature=args.temperature)
             return 0
         if args.concepts is not None:
-            print(f"error: --concepts {args.concepts}: expected position.pt, color.pt and shape.pt there",
+            print(f"error: --concepts {args.concepts}: expected position.pt and color.pt there",
                   file=sys.stderr)
             return 2
-        print("no trained concepts are shipped yet (ebm_fast/assets/concepts/): running the analytic "
+        print("no trained concepts found in ebm_fast/assets/concepts/: running the analytic "
               "2-D Gaussian demo (docs/training.md says how the concepts are trained)")
     return _gaussian_demo(args)
 

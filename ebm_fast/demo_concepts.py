@@ -1,7 +1,7 @@
-"""``ebm-fast demo`` on trained MuJoCo-Scenes concepts (position, colour, shape).
+"""``ebm-fast demo`` on trained MuJoCo-Scenes concepts (position and colour).
 
 Four expressions over the concepts: AND ``position & color``, OR ``position 1 | position 2``, NOT
-``position & ~color``, and the nested ``(position 1 | position 2) & color & shape``. Each is sampled
+``position & ~color``, and the nested ``(position 1 | position 2) & color``. Each is sampled
 with the fused sampler from per-sample targets drawn as in the paper's Table 1. The judges score the
 samples, and the demo writes a labelled PNG grid per expression plus a markdown report. It then times
 ``ebm_fast.sample`` against the released research code's loop on the AND chain.
@@ -20,19 +20,19 @@ from pathlib import Path
 import torch
 
 from .concepts import concept_paths, load_concepts
-from .evaluate import LOWER_LEFT, ROWS, UPPER_RIGHT, Row, RowResult, Term, build_expr, draw_targets, evaluate
+from .evaluate import DEFAULT_NOT_ALPHA, LOWER_LEFT, ROWS, UPPER_RIGHT, Row, RowResult, Term, build_expr, draw_targets, evaluate
 from .evaluate import format_table, write_report
 from .released_loop import released_code_chain
 from .sample_cli import ChainSettings, concepts_resolution, sample_images
 
 __all__ = ["ATTRIBUTES", "DEMO_ROWS", "concepts_present", "run"]
 
-ATTRIBUTES = ("position", "color", "shape")
+ATTRIBUTES = ("position", "color")  # the shape concept does not read its condition at 32x32 yet
 TIMED_STEPS = 60  # steps of the AND chain timed against the released-code loop
-NESTED = Row("nested_disj_pos_color_shape", "Conj(Disj(Position 1, Position 2), Color, Shape)", 1,
+NESTED = Row("nested_disj_pos_color", "Conj(Disj(Position 1, Position 2), Color)", 1,
              (Term("position", box=LOWER_LEFT, label="position 1", either=True),
               Term("position", box=UPPER_RIGHT, label="position 2", either=True),
-              Term("color"), Term("shape")))
+              Term("color")))
 # (what the demo calls it, the row it evaluates)
 DEMO_ROWS = (("AND", ROWS["conj_pos_color"]), ("OR", ROWS["disj_pos"]), ("NOT", ROWS["conj_pos_not_color"]),
              ("NESTED", NESTED))
@@ -66,8 +66,9 @@ def _time_against_released_loop(concepts, settings: ChainSettings, batch: int, s
 
 
 def run(directory: str | Path | None, *, n: int, settings: ChainSettings, seed: int, out: str | Path,
-        judges_path: str | None = None) -> list[RowResult]:
-    """Sample, judge and report the four demo expressions; print the table and the speed comparison."""
+        judges_path: str | None = None, alpha: float = DEFAULT_NOT_ALPHA, temperature: float = 1.0) -> list[RowResult]:
+    """Sample, judge and report the four demo expressions; print the table and the speed comparison.
+    ``alpha`` weights each negation, ``temperature`` each disjunction (as in ``ebm-fast sample``)."""
     from .judges import Judges
 
     concepts = load_concepts(directory, attributes=ATTRIBUTES)
@@ -81,14 +82,15 @@ def run(directory: str | Path | None, *, n: int, settings: ChainSettings, seed: 
         print(f"  {name:<7}{r.row.label}: {vals} ({r.seconds:.1f} s)", flush=True)
 
     results = evaluate([row for _, row in DEMO_ROWS], concepts, judges, n, settings=settings, seed=seed,
-                       progress=progress)
+                       alpha=alpha, temperature=temperature, progress=progress)
     print(format_table(results))
     # the ratio does not depend on the chain's length: time a short one, to keep the demo short
     timing = dataclasses.replace(settings, steps=min(settings.steps, TIMED_STEPS))
     t_ours, t_ref = _time_against_released_loop(concepts, timing, min(n, 32), seed)
     print(f"speed on the AND chain ({min(n, 32)} samples x {timing.steps} steps): released-code loop "
           f"{t_ref * 1e3:.0f} ms, ebm_fast.sample {t_ours * 1e3:.0f} ms ({t_ref / t_ours:.2f}x)")
-    path = write_report(results, out, {"n": n, **settings.to_dict(), "seed": seed,
+    path = write_report(results, out, {"n": n, **settings.to_dict(), "seed": seed, "alpha": alpha,
+                                       "temperature": temperature,
                                        "speedup_vs_released_loop": round(t_ref / t_ours, 3)})
     print(f"grids and report written to {path.parent}")
     return results

@@ -66,11 +66,12 @@ ATTRIBUTES = {"position": ("pos", "continuous"), "pos": ("pos", "continuous"), "
 
 # Config fields a resumed run may change (bookkeeping, where the run folder now is, and how the same
 # chains are executed: compiled or eager, which step backend); any other difference is an error.
-# cond_contrast (and cond_jitter) may also be switched on (or re-weighted) in a resumed run, so a run that
-# has not learned to read its condition can be fine-tuned with the term (its log lines carry cond_loss
-# from then on); init_from is read only when a run starts.
+# cond_contrast (and cond_jitter, cond_reg) may also be switched on (or re-weighted) in a resumed run, so
+# a run that has not learned to read its condition can be fine-tuned with the term (its log lines carry
+# cond_loss from then on); init_from is read only when a run starts.
 RESUME_OVERRIDABLE = ("iterations", "log_every", "image_every", "checkpoint_every", "progress", "threads",
-                      "device", "resume", "compile", "backend", "out", "cond_contrast", "cond_jitter", "init_from")
+                      "device", "resume", "compile", "backend", "out", "cond_contrast", "cond_jitter", "cond_reg",
+                      "init_from")
 
 
 @dataclass
@@ -109,6 +110,7 @@ class TrainConfig(DictConfig):
     alpha: float = 1.0
     cond_contrast: float = 0.0
     cond_jitter: float = 0.0
+    cond_reg: float = 0.0
     grad_clip: float | None = None
     ema: float | None = None
     # negatives
@@ -155,8 +157,10 @@ class TrainConfig(DictConfig):
         positive("alpha", integer=False, allow_zero=True)
         positive("cond_contrast", integer=False, allow_zero=True)
         positive("cond_jitter", integer=False, allow_zero=True)
-        if self.cond_jitter and not self.cond_contrast:
-            raise ValueError("cond_jitter: perturbs the wrong conditions of the ranking term; set cond_contrast > 0 too")
+        positive("cond_reg", integer=False, allow_zero=True)
+        for name in ("cond_jitter", "cond_reg"):
+            if getattr(self, name) and not self.cond_contrast:
+                raise ValueError(f"{name}: acts on the wrong conditions of the ranking term; set cond_contrast > 0 too")
         for name in ("grad_clip", "sample_grad_clip"):
             if getattr(self, name) is not None:
                 positive(name, integer=False)
@@ -536,7 +540,10 @@ class Trainer:
         = lambda > 0 it adds ``lambda * mean(softplus(E(x+|c+) - E(x+|c~)))`` over the positives, c~ a
         wrong condition (:meth:`mismatched_conditions`; pairs whose labels are equal are left out): a
         logistic ranking term that teaches the model to read its condition directly, where contrastive
-        divergence alone only does so once the negatives already show the concept.
+        divergence alone only does so once the negatives already show the concept. With ``cond_reg`` =
+        mu > 0 it also adds ``mu * mean(E(x+|c~)^2)`` over the same pairs: the paper's regulariser on the
+        one energy it does not otherwise see. Without it the ranking term lifts E(x+|c~) far above the
+        negatives' energies (to ~+7 against +0.5), and the energy becomes too steep for the chains.
 
         All rows (positives, negatives, and the positives under wrong conditions) go through one forward
         (the DDP wrapper's, so its gradient all-reduce runs once per iteration).
@@ -560,10 +567,13 @@ class Trainer:
         loss = (e_pos - e_neg).mean() + c.alpha * (e_pos.square() + e_neg.square()).mean()
         out = {}
         if contrast:
-            ranking = torch.nn.functional.softplus(e_pos - e[2 * b:])
-            cond_loss = (ranking * differs).sum() / differs.sum().clamp(min=1)
+            e_wrong, pairs = e[2 * b:], differs.sum().clamp(min=1)
+            cond_loss = (torch.nn.functional.softplus(e_pos - e_wrong) * differs).sum() / pairs
             loss = loss + c.cond_contrast * cond_loss
+            if c.cond_reg > 0:
+                loss = loss + c.cond_reg * (e_wrong.square() * differs).sum() / pairs
             out["cond_loss"] = float(cond_loss.detach())
+            out["e_wrong"] = float((e_wrong.detach() * differs).sum() / pairs)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if c.grad_clip is not None:
@@ -866,6 +876,8 @@ def _parser() -> argparse.ArgumentParser:
                                   "0: the paper's loss alone (may be switched on when resuming)")
     opt("--cond-jitter", float, "continuous conditions: every second wrong condition of the ranking term is the "
                                 "true one plus Gaussian noise of this scale (a near miss; 0: off)")
+    opt("--cond-reg", float, "weight of the regulariser E(x+|wrong c)^2 on the ranking term's energies, which keeps "
+                             "them near the negatives' (0: off; may be switched on when resuming)")
     opt("--grad-clip", none_or(float), "clip the gradient norm to this value (none: off)")
     opt("--ema", none_or(float), "EMA decay of the weights, e.g. 0.999 (none: off)")
     opt("--langevin-steps", int, "Langevin steps per negative chain (K)")

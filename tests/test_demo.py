@@ -32,17 +32,30 @@ def _save(directory, concepts, train_config=None):
     return directory
 
 
-def test_concept_demo_end_to_end_on_tiny_models(tmp_path, capsys):
+def test_concept_demo_end_to_end_on_tiny_models(tmp_path, capsys, monkeypatch):
     """The demo's four expressions are sampled, judged, gridded and timed (tiny untrained models, so
-    the accuracies are meaningless; the chain follows the models' recorded training chain)."""
+    the accuracies are meaningless; the chain follows the models' recorded training chain, and every
+    expression gets the --alpha and --temperature given)."""
+    from ebm_fast import evaluate
+
+    built, real_build = [], evaluate.build_expr
+
+    def spy(row, concepts, targets, **kw):
+        built.append((row.key, kw))
+        return real_build(row, concepts, targets, **kw)
+
+    monkeypatch.setattr(evaluate, "build_expr", spy)
     recipe = {"langevin_steps": 2, "step_size": 50.0, "noise": 0.001, "sample_grad_clip": None, "order": "noise_first"}
     d = _save(tmp_path / "concepts", tiny_concepts(fresh_seed(), resolution=32), recipe)
     assert demo_concepts.concepts_present(d) and not demo_concepts.concepts_present(tmp_path)
     out = tmp_path / "demo"
     rc = demo.cli_main(["--concepts", str(d), "--n", "6", "--batch-size", "4", "--out", str(out),
-                        "--seed", str(fresh_seed() % 1000), "--threads", "1"])
+                        "--seed", str(fresh_seed() % 1000), "--threads", "1", "--temperature", "0.3",
+                        "--alpha", "0.05"])
     assert rc == 0
     printed = capsys.readouterr().out
+    assert list(dict.fromkeys(k for k, _ in built)) == [row.key for _, row in demo_concepts.DEMO_ROWS]
+    assert all(kw == {"alpha": 0.05, "temperature": 0.3} for _, kw in built)
     for name, row in demo_concepts.DEMO_ROWS:
         assert name in printed and row.label in printed
         im = np.asarray(Image.open(out / f"{row.key}.png"))
@@ -51,9 +64,10 @@ def test_concept_demo_end_to_end_on_tiny_models(tmp_path, capsys):
     assert "speed on the AND chain (6 samples x 2 steps): released-code loop" in printed
     saved = json.loads((out / "results.json").read_text())
     assert saved["info"]["steps"] == 2 and saved["info"]["step_size"] == 50.0 and saved["info"]["grad_clip"] is None
+    assert (saved["info"]["alpha"], saved["info"]["temperature"]) == (0.05, 0.3)
     assert [r["key"] for r in saved["rows"]] == [row.key for _, row in demo_concepts.DEMO_ROWS]
     nested = saved["rows"][-1]["metrics"]
-    assert set(nested) == {"position 1", "position 2", "color", "shape"}
+    assert set(nested) == {"position 1", "position 2", "color"}
 
 
 def test_demo_falls_back_to_the_gaussian_demo_and_names_a_bad_folder(tmp_path, capsys, monkeypatch):
@@ -62,10 +76,10 @@ def test_demo_falls_back_to_the_gaussian_demo_and_names_a_bad_folder(tmp_path, c
     rc = demo.cli_main(["--batch", "1024", "--out", str(tmp_path / "g"), "--seed", str(fresh_seed() % 1000)])
     printed = capsys.readouterr().out
     assert rc == 0, printed
-    assert "no trained concepts are shipped yet" in printed and "all expressions match their closed form" in printed
+    assert "no trained concepts found" in printed and "all expressions match their closed form" in printed
     assert (tmp_path / "g" / "A___B.png").is_file()
     rc = demo.cli_main(["--concepts", str(tmp_path / "missing"), "--out", str(tmp_path / "g")])
-    assert rc == 2 and "expected position.pt, color.pt and shape.pt" in capsys.readouterr().err
+    assert rc == 2 and "expected position.pt and color.pt" in capsys.readouterr().err
 
 
 def test_chain_settings_follow_the_concepts_recipe():

@@ -117,16 +117,16 @@ def test_expressions_have_the_row_structure(concepts):
     assert type(e).__name__ == "Or" and e.temperature == 0.5
     x = torch.rand(6, 3, 32, 32)
     assert torch.isfinite(e.energy(x)).all()
-    # terms marked `either` form one Or inside the conjunction: (position 1 | position 2) & color & shape
+    # terms marked `either` form one Or inside the conjunction: (position 1 | position 2) & color
     from ebm_fast.demo_concepts import NESTED
 
     tg = E.draw_targets(NESTED, 6, gen, concepts)
     e = E.build_expr(NESTED, concepts, tg, temperature=0.5)
-    assert type(e).__name__ == "And" and [type(t).__name__ for t in e.terms] == ["Or", "Concept", "Concept"]
-    assert e.terms[0].temperature == 0.5 and len(e.leaves()) == 4
+    assert type(e).__name__ == "And" and [type(t).__name__ for t in e.terms] == ["Or", "Concept"]
+    assert e.terms[0].temperature == 0.5 and len(e.leaves()) == 3
     torch.testing.assert_close(e.leaves()[1].cond, tg[1])
     leaf_e = [leaf.energy(x).double() for leaf in e.leaves()]
-    expect = -0.5 * torch.logsumexp(torch.stack([-leaf_e[0] / 0.5, -leaf_e[1] / 0.5]), 0) + leaf_e[2] + leaf_e[3]
+    expect = -0.5 * torch.logsumexp(torch.stack([-leaf_e[0] / 0.5, -leaf_e[1] / 0.5]), 0) + leaf_e[2]
     torch.testing.assert_close(e.energy(x).double(), expect, rtol=1e-5, atol=1e-5)
 
 

@@ -20,13 +20,13 @@ def test_summary_of_a_run_folder(tmp_path, capsys):
     (run / "config.json").write_text(json.dumps({"iterations": 1000}))
     acc = rng.uniform(0, 1, 30)
     lines = [json.dumps({"step": 10 * (i + 1), "e_pos": -0.1, "e_neg": 0.2, "it_per_s": 2.0, "cond_acc": float(a),
-                        "cond_loss": 0.5})
+                        "cond_loss": 0.5, "e_wrong": 0.25 + i})
              for i, a in enumerate(acc)]
     (run / "log.jsonl").write_text("\n".join(lines) + '\n{"step": 31')  # the last line was cut by a kill
     s = run_summary(run, window=10)
     assert s["step"] == 300 and s["iterations"] == 1000 and not s["finished"] and s["checkpoint"] and not s["model"]
     assert abs(s["cond_acc"] - acc[-10:].mean()) < 1e-12 and s["e_neg"] == 0.2 and s["it_per_s"] == 2.0
-    assert s["cond_loss"] == 0.5
+    assert s["cond_loss"] == 0.5 and s["e_wrong"] == 0.25 + 24.5
     assert s["last_samples"].endswith("neg_000400.png")
     assert "300/1000" in format_summaries([s])
 

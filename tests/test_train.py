@@ -199,6 +199,7 @@ def test_npz_data_and_cli_config(tmp_path):
     ("betas", (0.0, 1.0), "betas"),
     ("pool", "median", "pool: expected one of"),
     ("cond_contrast", -1.0, "cond_contrast"),
+    ("cond_reg", -1.0, "cond_reg"),
 ])
 def test_bad_config_is_named(field, value, match):
     with pytest.raises(ValueError, match=match):
@@ -303,13 +304,14 @@ def test_roughness_is_the_mean_deviation_from_the_local_mean_and_is_logged(tmp_p
 def test_cond_contrast_term_is_the_logistic_ranking_of_right_against_wrong_conditions(tmp_path):
     """cond_loss equals a per-image loop of softplus(E(x|c) - E(x|c~)) over the pairs whose labels
     differ, with c~ drawn from the run's generator (another class; another image's position); the
-    term moves the loss by cond_contrast * cond_loss, and it is off (nothing drawn) by default."""
+    term moves the loss by cond_contrast * cond_loss (plus cond_reg * mean E(x|c~)^2 over the same pairs,
+    logged as e_wrong's square), and it is off (nothing drawn) by default."""
     import copy
 
     seed = int(torch.randint(0, 2**31, (1,)))
     for cond in ("color", "pos"):
         data = synthetic_data(64, 16, seed % 1000)
-        tr = Trainer(_small(tmp_path / cond, cond=cond, cond_contrast=0.7, seed=seed % 97,
+        tr = Trainer(_small(tmp_path / cond, cond=cond, cond_contrast=0.7, cond_reg=0.3, seed=seed % 97,
                                 spectral_norm=False), data=data)  # SN would step its power iteration per call
         for film in (m for m in tr.model.modules() if m.__class__.__name__ == "FiLM"):  # the condition matters
             torch.nn.init.normal_(film.linear.weight, std=0.5)
@@ -326,19 +328,22 @@ def test_cond_contrast_term_is_the_logistic_ranking_of_right_against_wrong_condi
             assert bool((wrong != c_pos).all()) and int(wrong.min()) >= 0 and int(wrong.max()) < 3
         else:  # a permutation of the batch's positions
             assert sorted(map(tuple, wrong.tolist())) == sorted(map(tuple, c_pos.tolist()))
-        total, count = 0.0, 0
+        total, count, wrong_e = 0.0, 0, []
         with torch.no_grad():
             e_pos = torch.stack([before(x_pos[i:i + 1], c_pos[i:i + 1])[0] for i in range(8)]).double()
             e_neg = torch.stack([before(x_neg[i:i + 1], c_pos[i:i + 1])[0] for i in range(8)]).double()
             for i in range(8):
                 if torch.equal(wrong[i], c_pos[i]):
                     continue
-                gap = e_pos[i] - before(x_pos[i:i + 1], wrong[i:i + 1])[0].double()
-                total += float(torch.log1p(torch.exp(gap)))
+                wrong_e.append(before(x_pos[i:i + 1], wrong[i:i + 1])[0].double())
+                total += float(torch.log1p(torch.exp(e_pos[i] - wrong_e[-1])))
                 count += 1
         assert abs(stats["cond_loss"] - total / count) < 1e-5  # float32, batched vs one by one
+        wrong_e = torch.stack(wrong_e)
+        assert abs(stats["e_wrong"] - float(wrong_e.mean())) < 1e-5 and float(wrong_e.abs().max()) > 1e-3
         paper = float((e_pos - e_neg).mean() + (e_pos.square() + e_neg.square()).mean())
-        assert abs(stats["loss"] - (paper + 0.7 * total / count)) < 1e-5
+        expected = paper + 0.7 * total / count + 0.3 * float(wrong_e.square().mean())
+        assert abs(stats["loss"] - expected) < 1e-5
 
     plain = Trainer(_small(tmp_path / "plain", cond="color"), data=synthetic_data(64, 16, 0))
     state = plain.gen.get_state()
@@ -347,6 +352,8 @@ def test_cond_contrast_term_is_the_logistic_ranking_of_right_against_wrong_condi
     assert torch.equal(plain.gen.get_state(), state)
     with pytest.raises(ValueError, match="cond_contrast"):
         TrainConfig(cond="none", cond_contrast=1.0)
+    with pytest.raises(ValueError, match="cond_reg: acts on the wrong conditions"):
+        TrainConfig(cond="color", cond_reg=1.0)
 
 
 def test_cond_jitter_makes_every_second_wrong_position_a_near_miss(tmp_path):
@@ -418,7 +425,7 @@ def test_init_from_starts_a_run_from_another_models_weights(tmp_path):
 
 def test_the_concept_recipe_parses_into_the_documented_config(tmp_path):
     """recipe_flags: every concept gets the ranking term and the mean+max pool; positions also get
-    coordinate channels and near-miss wrong positions; the flags parse through `ebm-fast train`'s parser."""
+    coordinate channels and near-miss wrong positions; all sample with step 10; the flags parse through `ebm-fast train`'s parser."""
     import shlex
 
     from ebm_fast.concepts import recipe_flags
@@ -429,3 +436,6 @@ def test_the_concept_recipe_parses_into_the_documented_config(tmp_path):
         assert (cfg.coords, cfg.pool, cfg.cond_contrast, cfg.model) == (coords, "meanmax", 5.0, "small32")
         assert cfg.cond_jitter == (0.1 if coords else 0.0)
         assert not cfg.spectral_norm and cfg.iterations == 20000
+        # the sampler the ranking term needs (docs/training.md): a step of 10, noise 0.005, the 0.01 clip
+        assert (cfg.step_size, cfg.noise, cfg.sample_grad_clip) == (10.0, 0.005, 0.01)
+        assert cfg.cond_reg == 1.0  # the wrong conditions' energies are held near the negatives'
