@@ -76,11 +76,12 @@ def canonical_attribute(name: str) -> str:
 # 0.005 kept them scene-like for a few thousand iterations. Then the ranking term lifted the energy of a
 # data image under a wrong condition to ~+7 (negatives ~+0.5, uniform noise ~+0.9), the gradients grew
 # again and the judged accuracies fell; --cond-reg 1 applies the paper's E^2 regulariser to those
-# energies too (docs/training.md, "Generation after the ranking term").
+# energies too (docs/training.md, "Generation after the ranking term"). Generation still peaks and
+# falls as a run goes on, so every 500th step's model is kept (--export-every) to judge afterwards.
 RECIPE_FLAGS = ("--resolution 32 --n-images 10000 --model small32 --no-spectral-norm --iterations 20000 "
                 "--batch-size 16 --langevin-steps 20 --step-size 10 --noise 0.005 --replay-capacity 1000 "
-                "--ema 0.999 --checkpoint-every 100 --image-every 100 --compile --cond-contrast 5 --cond-reg 1 "
-                "--pool meanmax")
+                "--ema 0.999 --checkpoint-every 100 --image-every 100 --export-every 500 --compile --cond-contrast 5 "
+                "--cond-reg 1 --pool meanmax")
 POSITION_FLAGS = "--coords --cond-jitter 0.1"
 
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from .concepts import concept_paths, load_concepts
-from .evaluate import DEFAULT_NOT_ALPHA, LOWER_LEFT, ROWS, UPPER_RIGHT, Row, RowResult, Term, build_expr, draw_targets, evaluate
-from .evaluate import format_table, write_report
+from .evaluate import DEFAULT_NOT_ALPHA, LOWER_LEFT, ROWS, UPPER_RIGHT, Row, RowResult, Term, build_expr, draw_targets
+from .evaluate import evaluate, format_table, write_report
 from .released_loop import released_code_chain
 from .sample_cli import ChainSettings, concepts_resolution, sample_images
 

@@ -69,9 +69,9 @@ ATTRIBUTES = {"position": ("pos", "continuous"), "pos": ("pos", "continuous"), "
 # cond_contrast (and cond_jitter, cond_reg) may also be switched on (or re-weighted) in a resumed run, so
 # a run that has not learned to read its condition can be fine-tuned with the term (its log lines carry
 # cond_loss from then on); init_from is read only when a run starts.
-RESUME_OVERRIDABLE = ("iterations", "log_every", "image_every", "checkpoint_every", "progress", "threads",
-                      "device", "resume", "compile", "backend", "out", "cond_contrast", "cond_jitter", "cond_reg",
-                      "init_from")
+RESUME_OVERRIDABLE = ("iterations", "log_every", "image_every", "checkpoint_every", "export_every", "progress",
+                      "threads", "device", "resume", "compile", "backend", "out", "cond_contrast", "cond_jitter",
+                      "cond_reg", "init_from")
 
 
 @dataclass
@@ -134,6 +134,7 @@ class TrainConfig(DictConfig):
     log_every: int = 10
     image_every: int = 250
     checkpoint_every: int = 100
+    export_every: int = 0
     progress: bool = True
     resume: bool = False
 
@@ -149,6 +150,7 @@ class TrainConfig(DictConfig):
                      "log_every", "image_every", "checkpoint_every"):
             positive(name)
         positive("data_seed", allow_zero=True)
+        positive("export_every", allow_zero=True)
         positive("seed", allow_zero=True)
         positive("distractors", allow_zero=True)
         for name in ("lr", "step_size"):
@@ -727,7 +729,9 @@ class Trainer:
             bar = tqdm(total=c.iterations, initial=self.step_count, desc="train", dynamic_ncols=True)
         stats: dict = {}
         window: list[float] = []
-        log = open(self.out / "log.jsonl", "a") if self.is_main else None
+        # each line is appended by path, not through a handle held open: a log.jsonl replaced while the
+        # run goes on (a checkout, a copy back) gets the new lines instead of an unlinked file
+        log = self.out / "log.jsonl" if self.is_main else None
         try:
             while self.step_count < c.iterations:
                 t = time.perf_counter()
@@ -747,17 +751,18 @@ class Trainer:
                     acc = self.condition_accuracy()
                     if acc is not None:
                         stats["cond_acc"] = acc
-                    log.write(json.dumps({k: v for k, v in stats.items()}) + "\n")
-                    log.flush()
+                    with open(log, "a") as f:
+                        f.write(json.dumps({k: v for k, v in stats.items()}) + "\n")
                 if self.is_main and (s % c.image_every == 0 or s == c.iterations):
                     self.save_negatives(self.out / "samples" / f"neg_{s:06d}.png")
                 if s % c.checkpoint_every == 0 or s == c.iterations:
                     self.save_checkpoint()
+                if self.is_main and c.export_every and s % c.export_every == 0:
+                    (self.out / "models").mkdir(exist_ok=True)
+                    self.export(self.out / "models" / f"model_{s:06d}.pt")
         finally:
             if bar is not None:
                 bar.close()
-            if log is not None:
-                log.close()
         digest = param_digest(self.model)
         stats = dict(stats, step=self.step_count, param_digest=digest)
         if self.world > 1:
@@ -902,6 +907,8 @@ def _parser() -> argparse.ArgumentParser:
     opt("--log-every", int, "iterations between log.jsonl lines")
     opt("--image-every", int, "iterations between PNG grids of negatives")
     opt("--checkpoint-every", int, "iterations between checkpoints")
+    opt("--export-every", int, "iterations between model exports OUT/models/model_NNNNNN.pt (EMA weights; 0: off), "
+                               "to pick the best step by judging afterwards")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm bar")
     p.add_argument("--resume", action="store_true",
                    help="continue the checkpoint in OUT/ckpt (its config; --iterations and bookkeeping may change)")

@@ -301,6 +301,61 @@ def test_roughness_is_the_mean_deviation_from_the_local_mean_and_is_logged(tmp_p
     assert rec["neg_roughness"] > 0 and rec["pos_roughness"] >= 0
 
 
+def test_export_every_keeps_the_ema_model_of_each_nth_step(tmp_path):
+    """--export-every N writes models/model_<step>.pt, the EMA weights at that step (the last one is
+    the run's model.pt), each loadable by load_model and carrying its step; 0 (default) writes none."""
+    from ebm_fast.models import load_model
+
+    tr = Trainer(_small(tmp_path / "run", cond="color", iterations=4, export_every=2), data=synthetic_data(32, 16, 0))
+    ema_at = {}
+    step = tr.step
+
+    def step_and_remember():
+        stats = step()
+        ema_at[tr.step_count] = {k: v.clone() for k, v in tr.ema.state_dict().items()}
+        return stats
+
+    tr.step = step_and_remember
+    tr.train()
+    files = sorted(p.name for p in (tmp_path / "run" / "models").iterdir())
+    assert files == ["model_000002.pt", "model_000004.pt"]
+    for s in (2, 4):
+        model, meta = load_model(tmp_path / "run" / "models" / f"model_{s:06d}.pt")
+        assert meta["step"] == s and meta["train_config"]["export_every"] == 2
+        for k, v in model.state_dict().items():
+            assert torch.equal(v, ema_at[s][k]), (s, k)
+    assert any(not torch.equal(ema_at[2][k], ema_at[4][k]) for k in ema_at[4])
+    final, _ = load_model(tmp_path / "run" / "model.pt")
+    assert all(torch.equal(v, ema_at[4][k]) for k, v in final.state_dict().items())
+    Trainer(_small(tmp_path / "off", cond="color", iterations=2), data=synthetic_data(32, 16, 0)).train()
+    assert not (tmp_path / "off" / "models").exists()
+    with pytest.raises(ValueError, match="export_every"):
+        TrainConfig(export_every=-1)
+
+
+def test_log_lines_reach_a_log_file_replaced_while_the_run_goes_on(tmp_path):
+    """A log.jsonl replaced mid-run by another file (a checkout, a copy put back) keeps receiving the
+    run's lines: each line is appended by path, not through a handle that would still point at the
+    unlinked old file."""
+    import os
+
+    tr = Trainer(_small(tmp_path, cond="color", iterations=4, log_every=1), data=synthetic_data(32, 16, 0))
+    step = tr.step
+
+    def step_then_replace_log():
+        stats = step()
+        if tr.step_count == 2:  # line 1 is written; put a copy of the file in its place
+            log = tmp_path / "log.jsonl"
+            (tmp_path / "copy.jsonl").write_text(log.read_text())
+            os.replace(tmp_path / "copy.jsonl", log)
+        return stats
+
+    tr.step = step_then_replace_log
+    tr.train()
+    steps = [json.loads(line)["step"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 4]  # the last line is the final summary
+
+
 def test_cond_contrast_term_is_the_logistic_ranking_of_right_against_wrong_conditions(tmp_path):
     """cond_loss equals a per-image loop of softplus(E(x|c) - E(x|c~)) over the pairs whose labels
     differ, with c~ drawn from the run's generator (another class; another image's position); the
@@ -438,4 +493,5 @@ def test_the_concept_recipe_parses_into_the_documented_config(tmp_path):
         assert not cfg.spectral_norm and cfg.iterations == 20000
         # the sampler the ranking term needs (docs/training.md): a step of 10, noise 0.005, the 0.01 clip
         assert (cfg.step_size, cfg.noise, cfg.sample_grad_clip) == (10.0, 0.005, 0.01)
-        assert cfg.cond_reg == 1.0  # the wrong conditions' energies are held near the negatives'
+        assert cfg.cond_reg == 1.0  # the wrong conditions' energies are held near the negatives
+        assert cfg.export_every == 500  # the best step is chosen by judging the kept models'
