@@ -49,7 +49,8 @@ def run_summary(run: str | Path, window: int = 20) -> dict:
     return {
         "run": str(run), "step": recent[-1]["step"] if recent else 0, "iterations": config.get("iterations"),
         "finished": final, "it_per_s": mean("it_per_s"), "e_pos": mean("e_pos"), "e_neg": mean("e_neg"),
-        "e_wrong": mean("e_wrong"), "cond_acc": mean("cond_acc"), "cond_loss": mean("cond_loss"), "neg_roughness": mean("neg_roughness"),
+        "e_wrong": mean("e_wrong"), "cond_acc": mean("cond_acc"), "cond_loss": mean("cond_loss"),
+        "neg_roughness": mean("neg_roughness"),
         "pos_roughness": mean("pos_roughness"), "checkpoint": (run / "ckpt" / "last.pt").is_file(),
         "model": (run / "model.pt").is_file(), "last_samples": str(samples[-1]) if samples else None,
     }
@@ -60,13 +61,14 @@ def format_summaries(summaries: list[dict]) -> str:
     def num(v, fmt):
         return "-" if v is None else format(v, fmt)
 
-    head = (f"{'run':<36} {'step':>12} {'it/s':>6} {'E+':>8} {'E-':>8} {'E~':>8} {'cond_acc':>8} {'c_loss':>6} {'rough-':>7} "
-            f"{'rough+':>7}  newest negatives")
+    head = (f"{'run':<36} {'step':>12} {'it/s':>6} {'E+':>8} {'E-':>8} {'E~':>8} {'cond_acc':>8} {'c_loss':>6} "
+            f"{'rough-':>7} {'rough+':>7}  newest negatives")
     lines = [head, "-" * len(head)]
     for s in summaries:
         step = f"{s['step']}/{s['iterations'] or '?'}" + ("*" if s["finished"] else "")
         lines.append(f"{s['run']:<36} {step:>12} {num(s['it_per_s'], '.2f'):>6} {num(s['e_pos'], '+.4f'):>8} "
-                     f"{num(s['e_neg'], '+.4f'):>8} {num(s['e_wrong'], '+.4f'):>8} {num(s['cond_acc'], '.3f'):>8} {num(s['cond_loss'], '.3f'):>6} {num(s['neg_roughness'], '.3f'):>7} "
+                     f"{num(s['e_neg'], '+.4f'):>8} {num(s['e_wrong'], '+.4f'):>8} {num(s['cond_acc'], '.3f'):>8} "
+                     f"{num(s['cond_loss'], '.3f'):>6} {num(s['neg_roughness'], '.3f'):>7} "
                      f"{num(s['pos_roughness'], '.3f'):>7}  {s['last_samples'] or '-'}")
     lines.append("(* finished: model.pt written; averages over the last log lines; cond_acc 0.5 = condition ignored; "
                  "c_loss: the --cond-contrast ranking loss, 0.693 = chance; E~: energy of data under wrong conditions; "
