@@ -954,6 +954,10 @@ def cli_main(argv: list[str] | None = None) -> int:
         import torch.distributed as dist
 
         if dist.is_initialized():
+            # every rank waits for rank 0's export and last log line: a rank that tears gloo down while
+            # its peer is still busy could abort at exit ("terminate called without an active exception",
+            # seen once in CI)
+            dist.barrier()
             dist.destroy_process_group()
     return 0
 
