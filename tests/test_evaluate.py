@@ -74,7 +74,7 @@ def true_targets(row, labels):
     return [labels[key[t.attribute]] for t in row.terms]
 
 
-SCORED_ROWS = [r for r in E.TABLE1 + E.TABLE2 if r.combine == "and"]
+SCORED_ROWS = [r for r in E.TABLE1 + E.TABLE2 + E.EXTRA if r.combine == "and"]
 
 
 @pytest.mark.parametrize("row", SCORED_ROWS, ids=lambda r: r.key)
