@@ -36,7 +36,7 @@ primitives from which :func:`model_from_config` rebuilds the same architecture (
 from __future__ import annotations
 
 import copy
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -140,12 +140,21 @@ def coordinate_channels(x: Tensor) -> Tensor:
     return torch.stack([xs.view(1, w).expand(h, w), ys.view(h, 1).expand(h, w)]).expand(b, 2, h, w)
 
 
-def load_weights_widening(model: nn.Module, state_dict: dict[str, Tensor]) -> None:
+def condition_head_keys(model: nn.Module) -> list[str]:
+    """Names of the ``model.state_dict()`` entries that read the condition (the FiLM layers)."""
+    return [f"{name}.{key}" for name, module in model.named_modules() if isinstance(module, FiLM)
+            for key in module.state_dict()]
+
+
+def load_weights_widening(model: nn.Module, state_dict: dict[str, Tensor], *, keep: Iterable[str] = ()) -> None:
     """Copy ``state_dict`` into ``model``, zero-padding any tensor whose input-channel dimension (dim 1)
     grew: a model given :func:`coordinate_channels` then computes exactly what the source computed until
-    training moves the new weights. Any other mismatch (a missing or extra key, another dimension) is
-    an error that names the tensor."""
-    own = model.state_dict()
+    training moves the new weights. The entries named in ``keep`` are left as the model has them (and
+    ignored in ``state_dict``). Any other mismatch (a missing or extra key, another dimension) is an
+    error that names the tensor."""
+    keep = set(keep)
+    own = {k: v for k, v in model.state_dict().items() if k not in keep}
+    state_dict = {k: v for k, v in state_dict.items() if k not in keep}
     missing, extra = sorted(set(own) - set(state_dict)), sorted(set(state_dict) - set(own))
     if missing or extra:
         raise ValueError(f"weights do not fit the model: missing {missing}, unexpected {extra}")

@@ -55,7 +55,8 @@ from .dictconfig import DictConfig
 from .checkpoint import CheckpointManager, rng_state, set_rng_state
 from .continual import FrozenConcept, load_frozen, negatives_expr, param_digest
 from .leaf_eval import prefers_channels_last
-from .models import MODEL_CONFIGS, POOLS, build_model, load_model, load_weights_widening, save_model
+from .models import (MODEL_CONFIGS, POOLS, build_model, condition_head_keys, load_model, load_weights_widening,
+                     save_model)
 
 __all__ = ["TrainConfig", "ConditionalData", "Trainer", "load_data", "synthetic_data", "train", "cli_main",
            "ATTRIBUTES"]
@@ -426,8 +427,7 @@ class Trainer:
             model = build_model(config.model, cdim, ctype, spectral_norm=config.spectral_norm,
                                 coords=config.coords, in_channels=self.data.images.shape[1], **extra)
         if config.init_from is not None:  # a fresh run's starting weights (a resume then loads its checkpoint)
-            source, _ = load_model(config.init_from)
-            load_weights_widening(model, source.state_dict())
+            self._init_from(model, config.init_from)
         self.model = model.to(self.device)
         self.frozen = list(frozen) if frozen is not None else [load_frozen(s, self.device) for s in config.frozen]
         for f in self.frozen:
@@ -682,6 +682,20 @@ class Trainer:
         set_rng_state(r["rng"])
         self.gen.set_state(r["gen"])
         self.replay_gen.set_state(r["replay_gen"].to(self.replay_gen.get_state().device))
+
+    def _init_from(self, model: nn.Module, path: str) -> None:
+        """Copy the weights of the model or checkpoint at ``path`` into ``model``. A source that reads
+        another attribute (or none) gives its trunk only: the condition head (the FiLM layers) stays
+        freshly initialised, i.e. zero, so the new concept starts as the source's unconditional twin."""
+        source, meta = load_model(path)
+        reads = meta.get("cond", "none")
+        keep = ()
+        if ATTRIBUTES.get(reads, (reads,))[0] != ATTRIBUTES.get(self.config.cond, (self.config.cond,))[0]:
+            keep = condition_head_keys(model) + condition_head_keys(source)
+            if self.is_main:
+                print(f"ebm-fast train: --init-from {path} reads {reads!r}, this run "
+                      f"{self.config.cond!r}: copying its trunk, not its condition head", file=sys.stderr)
+        load_weights_widening(model, source.state_dict(), keep=keep)
 
     def _meta(self) -> dict:
         m = {"cond": self.config.cond, "data": dict(self.data.meta)}

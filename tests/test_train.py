@@ -478,6 +478,42 @@ def test_init_from_starts_a_run_from_another_models_weights(tmp_path):
     assert again.step_count == 2 and torch.equal(again.model.stem.weight, tr.model.stem.weight)
 
 
+@pytest.mark.parametrize("source_cond", ["pos", "none"])
+def test_init_from_another_attribute_copies_the_trunk_only(tmp_path, capsys, source_cond):
+    """--init-from a model that reads another attribute (or none): every trunk weight is the
+    source's, the condition head (FiLM) starts at zero, so at step 0 the new model's energy is the
+    same for every condition; a source that reads the same attribute under its alias keeps its head."""
+    from ebm_fast.models import condition_head_keys, load_model
+
+    data = synthetic_data(64, 16, 0)
+    Trainer(_small(tmp_path / "a", cond=source_cond, spectral_norm=False, iterations=2), data=data).train()
+    src_path = str(tmp_path / "a" / "ckpt" / "last.pt")
+    source, _ = load_model(src_path)
+    capsys.readouterr()
+    tr = Trainer(_small(tmp_path / "b", cond="color", spectral_norm=False, init_from=src_path), data=data)
+    assert f"reads {source_cond!r}, this run 'color': copying its trunk" in capsys.readouterr().err
+    head = condition_head_keys(tr.model)
+    assert head and all(".film" in k for k in head)
+    for name, value in tr.model.state_dict().items():
+        if name in head:
+            assert not value.any(), name
+        else:
+            assert torch.equal(value, source.state_dict()[name]), name
+    x = torch.rand(5, 3, 16, 16)
+    with torch.no_grad():
+        e = [tr.model(x, torch.full((5,), k)) for k in range(3)]
+        torch.testing.assert_close(e[0], e[1])
+        torch.testing.assert_close(e[0], e[2])
+        if source_cond == "none":  # no head on either side: the new model is the source at step 0
+            torch.testing.assert_close(e[0], source(x))
+    # the same attribute under another name ("position" is "pos") copies the head too
+    if source_cond == "pos":
+        tr = Trainer(_small(tmp_path / "c", cond="position", spectral_norm=False, init_from=src_path), data=data)
+        assert "copying its trunk" not in capsys.readouterr().err
+        for name, value in source.state_dict().items():
+            assert torch.equal(tr.model.state_dict()[name], value), name
+
+
 def test_the_concept_recipe_parses_into_the_documented_config(tmp_path):
     """recipe_flags: every concept gets the ranking term and the mean+max pool; positions also get
     coordinate channels and near-miss wrong positions; all sample with step 10; the flags parse through `ebm-fast train`'s parser."""
