@@ -176,11 +176,29 @@ def test_error_falls_with_views_for_a_noisy_stand_in():
         ei.error_vs_views(PixelCode(), images[:, 0], pos)
 
 
+def test_refined_views_reach_the_mean_of_the_observations():
+    """With refinement the estimate from n views is the argmin of their summed energies: for the
+    quadratic stand-in, the mean of the n observed positions (the analytic answer), well below the
+    error floor of a coarse grid."""
+    gen = torch.Generator().manual_seed(_seed())
+    g, v, grid = 64, 8, 5  # grid spacing 0.5: a grid point alone is off by ~0.125 per coordinate
+    pos = torch.rand(g, 2, generator=gen) * 1.2 - 0.6
+    seen = pos.unsqueeze(1) + 0.1 * torch.randn(g, v, 2, generator=gen)
+    images = _encode(seen.reshape(-1, 2), gen=gen).view(g, v, 3, 8, 8)
+    coarse = ei.error_vs_views(PixelCode(), images, pos, grid=grid)["EBM"]
+    # summed gradient 2 n (c - mean): step 0.05 contracts by 1 - 0.1 n per step for every n <= 8
+    refined = ei.error_vs_views(PixelCode(), images, pos, grid=grid, refine_steps=200, step_size=0.05)["EBM"]
+    expect = [ei.position_error(seen[:, :n].mean(1).clamp(-1, 1), pos) for n in range(1, v + 1)]
+    assert refined == pytest.approx(expect, abs=1e-4)
+    assert refined[-1] < 0.5 * coarse[-1], (refined, coarse)
+
+
 def test_eval_cli_end_to_end_with_tiny_models(tmp_path, capsys):
     torch.manual_seed(_seed())
     save_model(tmp_path / "ebm.pt", build_model("tiny", 2, "continuous"), {"cond": "position"})
     argv = ["--ebm", str(tmp_path / "ebm.pt"), "--train-regressor", "--regressor-steps", "5", "--n", "4",
-            "--n-train", "12", "--concepts", "2", "--views", "3", "--grid", "5", "--renderer", "numpy",
+            "--n-train", "12", "--concepts", "2", "--views", "3", "--grid", "5", "--refine-steps", "2",
+            "--renderer", "numpy",
             "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out"),
             "--export-train", str(tmp_path / "train.npz"), "--seed", str(_seed() % 1000)]
     assert ei.cli_main(argv) == 0
