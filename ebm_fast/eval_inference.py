@@ -347,7 +347,7 @@ def error_vs_views(ebm, images: Tensor, pos: Tensor, *, grid: int = 32, refine_s
     (V passes instead of V(V+1)/2), then ``refine_steps`` of projected gradient descent on the summed
     energy of those ``n`` views (as :func:`ebm_positions`). Without refinement the estimate is a grid
     point: once the views pin the position within a grid cell, the error stops falling at the grid's
-    own (about 0.38 of the spacing ``2 / (grid - 1)``). The regressor's (optional) averages its
+    own (about a quarter of the spacing ``2 / (grid - 1)`` per coordinate). The regressor's (optional) averages its
     per-view predictions. Returns ``{"views": [1..V], "EBM": [...], "ResNet": [...]}``.
     """
     if images.dim() != 5 or pos.shape != (images.shape[0], 2):
