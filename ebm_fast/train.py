@@ -65,6 +65,13 @@ __all__ = ["TrainConfig", "ConditionalData", "Trainer", "load_data", "synthetic_
 ATTRIBUTES = {"position": ("pos", "continuous"), "pos": ("pos", "continuous"), "size": ("size", "continuous"),
               "color": ("color", "onehot"), "shape": ("shape", "onehot")}
 
+
+def label_key(name: str) -> str:
+    """The label an attribute name reads (``"position"`` and ``"pos"`` both read ``"pos"``); a name
+    :data:`ATTRIBUTES` does not list (another label of an .npz, ``"none"``) is its own key."""
+    return ATTRIBUTES.get(name, (name,))[0]
+
+
 # Config fields a resumed run may change (bookkeeping, where the run folder now is, and how the same
 # chains are executed: compiled or eager, which step backend); any other difference is an error.
 # cond_contrast (and cond_jitter, cond_reg) may also be switched on (or re-weighted) in a resumed run, so
@@ -230,7 +237,7 @@ class ConditionalData:
 
     def attribute(self, name: str) -> tuple[str, str, int]:
         """``(label key, cond_type, cond_dim)`` of a conditioning attribute name."""
-        key = ATTRIBUTES.get(name, (name, None))[0]
+        key = label_key(name)
         if key not in self.specs:
             raise ValueError(f"cond: expected one of {sorted(set(self.specs) | {'none'})} for this data, got {name!r}")
         return (key, *self.specs[key])
@@ -690,7 +697,7 @@ class Trainer:
         source, meta = load_model(path)
         reads = meta.get("cond", "none")
         keep = ()
-        if ATTRIBUTES.get(reads, (reads,))[0] != ATTRIBUTES.get(self.config.cond, (self.config.cond,))[0]:
+        if label_key(reads) != label_key(self.config.cond):
             keep = condition_head_keys(model) + condition_head_keys(source)
             if self.is_main:
                 print(f"ebm-fast train: --init-from {path} reads {reads!r}, this run "
