@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 
 from .concepts import concept_paths, load_concepts
-from .evaluate import DEFAULT_NOT_ALPHA, LOWER_LEFT, ROWS, UPPER_RIGHT, Row, RowResult, Term, build_expr, draw_targets
+from .compose import DEFAULT_NOT_ALPHA, DEFAULT_SAMPLE_TEMPERATURE
+from .evaluate import LOWER_LEFT, ROWS, UPPER_RIGHT, Row, RowResult, Term, build_expr, draw_targets
 from .evaluate import evaluate, format_table, write_report
 from .released_loop import released_code_chain
 from .sample_cli import ChainSettings, concepts_resolution, sample_images
@@ -66,7 +67,8 @@ def _time_against_released_loop(concepts, settings: ChainSettings, batch: int, s
 
 
 def run(directory: str | Path | None, *, n: int, settings: ChainSettings, seed: int, out: str | Path,
-        judges_path: str | None = None, alpha: float = DEFAULT_NOT_ALPHA, temperature: float = 1.0) -> list[RowResult]:
+        judges_path: str | None = None, alpha: float = DEFAULT_NOT_ALPHA,
+        temperature: float = DEFAULT_SAMPLE_TEMPERATURE) -> list[RowResult]:
     """Sample, judge and report the four demo expressions; print the table and the speed comparison.
     ``alpha`` weights each negation, ``temperature`` each disjunction (as in ``ebm-fast sample``)."""
     from .judges import Judges

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .compose import DEFAULT_NOT_ALPHA, And, Expr, Not, Or
+from .compose import DEFAULT_NOT_ALPHA, DEFAULT_SAMPLE_TEMPERATURE, And, Expr, Not, Or
 from .concepts import CLASS_ATTRIBUTES, class_names, default_concepts_dir, load_concepts, make_concept
 from .judges import POSITION_THRESHOLD
 from .sample_cli import (ChainSettings, add_chain_args, concepts_resolution, resolve_device, sample_images,
@@ -150,7 +150,7 @@ def draw_targets(row: Row, n: int, gen: torch.Generator, concepts: Mapping | Non
 
 
 def build_expr(row: Row, concepts: Mapping, targets: Sequence[Tensor], *, alpha: float = DEFAULT_NOT_ALPHA,
-               temperature: float = 1.0) -> Expr:
+               temperature: float = DEFAULT_SAMPLE_TEMPERATURE) -> Expr:
     """The row's expression with per-sample conditions ``targets`` (as :func:`draw_targets` gives)."""
     leaves = []
     for t, tgt in zip(row.terms, targets, strict=True):
@@ -223,7 +223,7 @@ class RowResult:
 
 def evaluate_row(row: Row, concepts: Mapping, judges, n: int, *, sampler: Sampler | None = None,
                  settings: ChainSettings | None = None, seed: int = 0, alpha: float = DEFAULT_NOT_ALPHA,
-                 temperature: float = 1.0, targets: Sequence[Tensor] | None = None,
+                 temperature: float = DEFAULT_SAMPLE_TEMPERATURE, targets: Sequence[Tensor] | None = None,
                  keep_images: int = 64) -> RowResult:
     """Draw targets (unless given), sample in batches of ``settings.batch_size`` (``sampler``
     default: :func:`sample_images` with ``settings``), judge, and average.

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .compose import DEFAULT_NOT_ALPHA, Expr
+from .compose import DEFAULT_NOT_ALPHA, DEFAULT_SAMPLE_TEMPERATURE, Expr
 from .train import TrainConfig
 
 __all__ = ["ChainSettings", "chain_settings_of", "from_noise_steps", "sample_images", "concepts_resolution", "to_uint8", "resolve_device",
@@ -153,7 +153,9 @@ def add_chain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"chains at once (default {d.batch_size})")
     p.add_argument("--alpha", type=float, default=DEFAULT_NOT_ALPHA,
                    help=f"alpha of a negation written without [alpha] (default {DEFAULT_NOT_ALPHA})")
-    p.add_argument("--temperature", type=float, default=1.0, help="temperature of every disjunction (default 1)")
+    p.add_argument("--temperature", type=float, default=DEFAULT_SAMPLE_TEMPERATURE,
+                   help=f"temperature of every disjunction (default {DEFAULT_SAMPLE_TEMPERATURE}, the released "
+                        "code's; 1 is the paper's equation and draws both objects of a two-way OR)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--device", default="auto", help="device of the models: auto (cuda if available), cpu, cuda")

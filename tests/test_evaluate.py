@@ -130,6 +130,23 @@ def test_expressions_have_the_row_structure(concepts):
     torch.testing.assert_close(e.energy(x).double(), expect, rtol=1e-5, atol=1e-5)
 
 
+def test_disjunctions_default_to_the_released_codes_temperature(concepts):
+    """Rows, the sampling CLIs and the demo share one disjunction temperature (0.01; ``Or`` itself
+    keeps the paper's 1): at T = 1 a chain follows both branches and draws both objects."""
+    import argparse
+
+    from ebm_fast.compose import DEFAULT_SAMPLE_TEMPERATURE, Or
+    from ebm_fast.sample_cli import add_chain_args
+
+    gen = torch.Generator().manual_seed(fresh_seed())
+    e = E.build_expr(E.ROWS["disj_pos"], concepts, E.draw_targets(E.ROWS["disj_pos"], 3, gen))
+    assert e.temperature == DEFAULT_SAMPLE_TEMPERATURE == 0.01
+    p = argparse.ArgumentParser()
+    add_chain_args(p)
+    assert p.parse_args([]).temperature == DEFAULT_SAMPLE_TEMPERATURE
+    assert Or(e.terms[0], e.terms[1]).temperature == 1.0
+
+
 def test_disjunction_fractions_on_constructed_positions():
     row = E.ROWS["disj_pos"]
     n, k1, k2 = 50, 17, 11
