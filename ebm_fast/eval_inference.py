@@ -344,8 +344,9 @@ def error_vs_views(ebm, images: Tensor, pos: Tensor, *, grid: int = 32, refine_s
     ``images`` ``(G, V, 3, H, W)``, ``pos`` ``(G, 2)``. The EBM's estimate from ``n`` views is the grid
     argmin of the summed energies of those views -- what ``infer_grid(..., views=True)`` computes on
     ``images[:, :n]`` -- obtained from one ``(G, V, K)`` energy table and its running sum over views
-    (V passes instead of V(V+1)/2), then ``refine_steps`` of projected gradient descent on the summed
-    energy of those ``n`` views (as :func:`ebm_positions`). Without refinement the estimate is a grid
+    (V passes instead of V(V+1)/2), then ``refine_steps`` of projected gradient descent on the mean
+    energy of those ``n`` views (:func:`ebm_fast.infer.refine`; the summed energy's minimiser, at a
+    step that does not grow with ``n``). Without refinement the estimate is a grid
     point: once the views pin the position within a grid cell, the error stops falling at the grid's
     own (about a quarter of the spacing ``2 / (grid - 1)`` per coordinate). The regressor's (optional) averages its
     per-view predictions. Returns ``{"views": [1..V], "EBM": [...], "ResNet": [...]}``.

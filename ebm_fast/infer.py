@@ -193,7 +193,11 @@ def refine(model, images: Tensor, init: Tensor, *, lo: Tensor | float, hi: Tenso
         images: ``(B, ...)`` or ``(B, V, ...)`` with ``views=True``.
         init: ``(B, C)`` starting conditions, e.g. ``infer_grid(...).cond``.
         lo, hi: box bounds (numbers or ``(C,)`` tensors).
-        steps, step_size: ``c <- clamp(c - step_size * grad_c E + noise * xi, lo, hi)``.
+        steps, step_size: ``c <- clamp(c - step_size * grad_c E + noise * xi, lo, hi)``, where ``E`` is
+            the image's energy, or with ``views=True`` the MEAN energy of its views: the summed
+            energy's minimiser, with a step in condition space that does not grow with the number of
+            views (on the summed energy a step that suits one view overshoots with eight: Fig. 11's
+            error rose again from 5 views on; README, Table 3).
         noise: 0 for descent; > 0 for Langevin exploration (the lowest-energy iterate is returned).
         seed: for the Langevin noise (default: drawn from torch's generator).
 
@@ -234,7 +238,7 @@ def refine(model, images: Tensor, init: Tensor, *, lo: Tensor | float, hi: Tenso
                 better = e.detach().float() < best_e
                 best_e = torch.where(better, e.detach().float(), best_e)
                 best_c[better] = c.detach()[better]
-                c = c.detach() - step_size * g
+                c = c.detach() - (step_size / v) * g  # the gradient of the mean over the v views
                 if noise > 0:
                     c = c + noise * torch.randn(c.shape, generator=gen, device=c.device, dtype=c.dtype)
                 c = c.clamp(lo_t, hi_t)
