@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["Expr", "Concept", "And", "Or", "Not", "Scale", "leaf_energy_from_output"]
+__all__ = ["Expr", "Concept", "And", "Or", "Not", "Scale", "balance_disjunctions", "leaf_energy_from_output"]
 
 DEFAULT_NOT_ALPHA = 0.01  # the paper's value; the released code uses 0.001
 # The disjunction temperature the sampling tools (`ebm-fast sample`, `eval composition`, the demo)
@@ -77,6 +77,10 @@ class Expr:
     def _collect_leaves(self, out: list["Concept"]) -> None:
         for c in self.children():
             c._collect_leaves(out)
+
+    def _with_children(self, children: tuple["Expr", ...]) -> "Expr":
+        """The same node over ``children`` (a leaf returns itself)."""
+        return self
 
     # --- evaluation ----------------------------------------------------------------------------
     def energy(self, x: Tensor) -> Tensor:
@@ -204,6 +208,9 @@ class And(Expr):
     def children(self) -> tuple[Expr, ...]:
         return self.terms
 
+    def _with_children(self, children: tuple[Expr, ...]) -> "And":
+        return And(*children, coefs=self.coefs)
+
     def _combine(self, it: Iterator[Tensor]) -> Tensor:
         total = None
         for c, t in zip(self.coefs, self.terms):
@@ -245,6 +252,9 @@ class Or(Expr):
     def children(self) -> tuple[Expr, ...]:
         return self.terms
 
+    def _with_children(self, children: tuple[Expr, ...]) -> "Or":
+        return Or(*children, temperature=self.temperature, log_weights=self.log_weights)
+
     def _combine(self, it: Iterator[Tensor]) -> Tensor:
         t = self.temperature
         z = torch.stack([-term._combine(it) / t + b for term, b in zip(self.terms, self.log_weights)])
@@ -273,6 +283,9 @@ class Not(Expr):
     def children(self) -> tuple[Expr, ...]:
         return (self.term,)
 
+    def _with_children(self, children: tuple[Expr, ...]) -> "Not":
+        return Not(*children, alpha=self.alpha)
+
     def _combine(self, it: Iterator[Tensor]) -> Tensor:
         return -self.alpha * self.term._combine(it)
 
@@ -293,8 +306,54 @@ class Scale(Expr):
     def children(self) -> tuple[Expr, ...]:
         return (self.term,)
 
+    def _with_children(self, children: tuple[Expr, ...]) -> "Scale":
+        return Scale(*children, scale=self.scale)
+
     def _combine(self, it: Iterator[Tensor]) -> Tensor:
         return self.scale * self.term._combine(it)
 
     def _repr(self) -> str:
         return f"{self.scale:g}*{self.term._repr()}"
+
+
+def balance_disjunctions(expr: Expr, x: Tensor, settle: Callable[[Expr, Tensor], Tensor] | None = None) -> Expr:
+    """A copy of ``expr`` whose every :class:`Or` gives its terms equal weight at their own modes.
+
+    Term ``j`` of an ``Or`` gets weight ``softmax_j(-e_j / T + beta_j)``. An unnormalised energy's
+    level is arbitrary: two conditions of one model, or two models, can reach their modes at
+    different energies, and at a low ``T`` the deeper term then wins most chains (the mixture
+    weights of the plain log-sum-exp are the terms' unknown partition functions). Here each ``Or``'s
+    ``beta_j`` is raised by ``(m_j - mean_k m_k) / T``, where ``m_j`` is the median over the batch of
+    term ``j``'s energy at ``settle(term_j, x)``: ``x`` moved towards that term's own modes, for
+    example by a short chain of the term alone (what the sampling tools do). Terms that differ by a
+    constant then get equal mixture weights; the caller's ``log_weights`` still apply on top.
+    Without ``settle`` the energies are taken at ``x`` itself. Nested disjunctions are balanced too.
+    Nodes above a disjunction are copied, subtrees without one are returned as they are, and
+    ``expr`` is not modified.
+
+    Args:
+        expr: the expression (leaves with per-sample conditions need ``x``'s batch size).
+        x: ``(B, ...)`` images, usually the chains' starting images.
+        settle: ``settle(term, x) -> x'`` of ``x``'s shape, or None.
+
+    Raises:
+        ValueError: if a term's energy there is not finite.
+    """
+    return _balanced(_as_expr(expr), x, settle)
+
+
+def _balanced(e: Expr, x: Tensor, settle) -> Expr:
+    kids = tuple(_balanced(c, x, settle) for c in e.children())
+    if not isinstance(e, Or):  # a subtree without a disjunction stays the same object (and program)
+        return e if all(k is c for k, c in zip(kids, e.children())) else e._with_children(kids)
+    med = []
+    for j, term in enumerate(kids):
+        at = x if settle is None else settle(term, x)
+        with torch.no_grad():
+            energies = term.energy(at)
+        if not bool(torch.isfinite(energies).all()):
+            raise ValueError(f"balance_disjunctions: term {j} of {e._repr()} has non-finite energies")
+        med.append(float(energies.double().median()))
+    mean = sum(med) / len(med)
+    beta = [b + (m - mean) / e.temperature for b, m in zip(e.log_weights, med)]
+    return Or(*kids, temperature=e.temperature, log_weights=beta)

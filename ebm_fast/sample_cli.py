@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .compose import DEFAULT_NOT_ALPHA, DEFAULT_SAMPLE_TEMPERATURE, Expr
+from .compose import DEFAULT_NOT_ALPHA, DEFAULT_SAMPLE_TEMPERATURE, Expr, balance_disjunctions
 from .train import TrainConfig
 
 __all__ = ["ChainSettings", "chain_settings_of", "from_noise_steps", "sample_images", "concepts_resolution", "to_uint8", "resolve_device",
@@ -35,7 +35,9 @@ _TRAIN = TrainConfig  # class attributes hold the dataclass defaults
 class ChainSettings:
     """How image chains are run: ``steps`` K, ``step_size``, ``noise``, ``grad_clip`` (element-wise,
     None = off), ``order`` (``noise_first``/``ula``), ``backend``, ``resolution`` (None: the concepts'
-    training resolution) and ``batch_size`` (chains sampled at once)."""
+    training resolution), ``batch_size`` (chains sampled at once), ``balance_or`` (give every
+    disjunction's terms equal weight at their own modes, :func:`ebm_fast.compose.balance_disjunctions`)
+    and ``balance_steps`` (the length of the chain of each term alone that finds those modes)."""
 
     steps: int = _TRAIN.langevin_steps
     step_size: float = _TRAIN.step_size
@@ -45,10 +47,14 @@ class ChainSettings:
     backend: str = "auto"
     resolution: int | None = None
     batch_size: int = 128
+    balance_or: bool = False
+    balance_steps: int = 100
 
     def __post_init__(self) -> None:
         if not isinstance(self.steps, int) or self.steps < 0:
             raise ValueError(f"steps: expected an integer >= 0, got {self.steps!r}")
+        if not isinstance(self.balance_steps, int) or self.balance_steps < 0:
+            raise ValueError(f"balance_steps: expected an integer >= 0, got {self.balance_steps!r}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ValueError(f"batch_size: expected an integer >= 1, got {self.batch_size!r}")
         if self.resolution is not None and (not isinstance(self.resolution, int) or self.resolution < 1):
@@ -82,15 +88,22 @@ def _device_of(expr: Expr) -> torch.device:
 def sample_images(expr: Expr, n: int, settings: ChainSettings, resolution: int, seed: int) -> Tensor:
     """``n`` images ``(n, 3, resolution, resolution)`` float32 in [0, 1] from ``expr``, chains started
     from uniform noise drawn with ``seed`` (the Langevin noise uses ``seed`` too). Leaves with
-    per-sample conditions must hold exactly ``n`` of them."""
+    per-sample conditions must hold exactly ``n`` of them. With ``settings.balance_or`` the
+    disjunctions are first balanced at their terms' modes, found by ``settings.balance_steps`` steps
+    of each term alone from the same noise."""
     from .sampler import sample
 
     device = _device_of(expr)
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     x0 = torch.rand(n, 3, resolution, resolution, generator=gen).to(device)
-    x = sample(expr, x0, steps=settings.steps, step_size=settings.step_size, noise=settings.noise,
-               clamp=(0.0, 1.0), grad_clip=settings.grad_clip, order=settings.order, seed=int(seed),
-               backend=settings.backend)
+
+    def chain(e: Expr, x: Tensor, steps: int) -> Tensor:
+        return sample(e, x, steps=steps, step_size=settings.step_size, noise=settings.noise, clamp=(0.0, 1.0),
+                      grad_clip=settings.grad_clip, order=settings.order, seed=int(seed), backend=settings.backend)
+
+    if settings.balance_or:
+        expr = balance_disjunctions(expr, x0, settle=lambda term, x: chain(term, x, settings.balance_steps))
+    x = chain(expr, x0, settings.steps)
     return x.detach().float().clamp(0.0, 1.0).cpu()
 
 
@@ -156,6 +169,12 @@ def add_chain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=DEFAULT_SAMPLE_TEMPERATURE,
                    help=f"temperature of every disjunction (default {DEFAULT_SAMPLE_TEMPERATURE}, the released "
                         "code's; 1 is the paper's equation and draws both objects of a two-way OR)")
+    p.add_argument("--balance-or", action=argparse.BooleanOptionalAction, default=False,
+                   help="give the terms of every disjunction equal weight at their own modes (log weights from "
+                        "their median energies after a short chain of each term alone; default off: the plain "
+                        "log-sum-exp; see docs/sampling.md)")
+    p.add_argument("--balance-steps", type=int, default=d.balance_steps,
+                   help=f"steps of those per-term chains (default {d.balance_steps})")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--device", default="auto", help="device of the models: auto (cuda if available), cpu, cuda")
@@ -175,7 +194,8 @@ def settings_from_args(args: argparse.Namespace, concepts: Mapping | None = None
     """The chain settings of parsed :func:`add_chain_args` options, unset ones from ``concepts``."""
     given = {k: getattr(args, k) for k in CHAIN_FIELDS if hasattr(args, k)}
     return chain_settings_of(concepts, **given, backend=args.backend, resolution=args.res,
-                             batch_size=args.batch_size)
+                             batch_size=args.batch_size, balance_or=args.balance_or,
+                             balance_steps=args.balance_steps)
 
 
 def sample_cli_main(argv: list[str] | None = None) -> int:

@@ -138,3 +138,102 @@ def test_bad_construction_raises_clear_errors():
 def test_program_is_cached_on_the_expression():
     e = leaf(0) & leaf(1)
     assert e.program is e.program
+
+
+class Shifted(torch.nn.Module):
+    """E(x | c) = 0.5 * |x - c|^2 + offset: one Gaussian mode per condition, its level set by ``offset``."""
+
+    def __init__(self, offset: float = 0.0):
+        super().__init__()
+        self.offset = offset
+
+    def forward(self, x, c):
+        return 0.5 * ((x - c) ** 2).sum(1) + self.offset
+
+
+def _mode_masses(e, a, b, half=8.0, n=801):
+    """Brute force: the mass of exp(-e) nearer to a than to b, and nearer to b, on a fine 2-D grid (float64)."""
+    t = torch.linspace(-half, half, n, dtype=torch.float64)
+    x = torch.cartesian_prod(t, t)
+    p = torch.exp(-(e.energy(x) - e.energy(x).min()))
+    near_a = (x - a).norm(dim=1) < (x - b).norm(dim=1)
+    return float(p[near_a].sum() / p.sum()), float(p[~near_a].sum() / p.sum())
+
+
+def test_balanced_disjunction_cancels_a_constant_gap_between_its_terms():
+    """Two modes at a and -a whose energies differ by a constant c: the plain Or puts mass
+    exp(beta_1) : exp(beta_2 - c / T) on them; balanced on a mirror-symmetric batch (x and -x), the
+    medians differ by exactly c, so c / T is added to beta_2 - beta_1 and only the caller's own log
+    weights set the masses: equal ones without them (checked by brute-force integration)."""
+    gap = float(torch.rand(()) * 2 + 1.0)  # 1..3
+    temperature = float(torch.rand(()) * 0.5 + 0.75)
+    a = torch.nn.functional.normalize(torch.randn(2, dtype=torch.float64), dim=0) * 3.5  # modes 7 apart, sd <= 1.2
+    lo, hi = ef.Concept(Shifted(0.0), a), ef.Concept(Shifted(gap), -a)
+    betas = torch.randn(2).tolist()
+    plain = ef.Or(lo, hi, temperature=temperature, log_weights=betas)
+    half = torch.randn(64, 2, dtype=torch.float64) * 3
+    x = torch.cat([half, -half])
+    balanced = ef.balance_disjunctions(plain, x)
+    assert isinstance(balanced, ef.Or) and balanced is not plain and plain.log_weights == tuple(betas)
+    assert balanced.log_weights[1] - balanced.log_weights[0] == pytest.approx(betas[1] - betas[0] + gap / temperature, rel=1e-9)
+    assert sum(balanced.log_weights) == pytest.approx(sum(betas), rel=1e-9, abs=1e-12)
+    # masses: the log weights enter at the energy's own temperature, so integrate exp(-e / T)
+    scaled = lambda e: 1.0 / temperature * e  # noqa: E731
+    m_lo, m_hi = _mode_masses(scaled(plain), a, -a)
+    expect_lo = 1.0 / (1.0 + torch.exp(torch.tensor(betas[1] - betas[0] - gap / temperature)).item())
+    assert m_lo == pytest.approx(expect_lo, abs=2e-3)
+    # balanced, only the caller's own log weights are left to set the masses
+    b_lo, b_hi = _mode_masses(scaled(balanced), a, -a)
+    expect_lo = 1.0 / (1.0 + torch.exp(torch.tensor(betas[1] - betas[0])).item())
+    assert b_lo == pytest.approx(expect_lo, abs=2e-3) and b_hi == pytest.approx(1.0 - expect_lo, abs=2e-3)
+    even = ef.balance_disjunctions(ef.Or(lo, hi, temperature=temperature), x)
+    assert _mode_masses(scaled(even), a, -a)[0] == pytest.approx(0.5, abs=2e-3)
+
+
+def test_balancing_reaches_nested_disjunctions_and_leaves_the_rest_alone():
+    model = Quadratic("b")
+    c = [torch.randn(3) for _ in range(4)]
+    inner = ef.Or(ef.Concept(model, c[0]), ef.Concept(model, c[1]), temperature=0.1)
+    other = ~ef.Concept(model, c[2])
+    plain_and = ef.Concept(model, c[3]) & other
+    expr = ef.And(2.0 * inner, plain_and, coefs=[1.0, 0.5])
+    x = torch.randn(16, 3)
+    out = ef.balance_disjunctions(expr, x)
+    assert isinstance(out, ef.And) and out.coefs == (1.0, 0.5) and out.terms[1] is plain_and
+    scaled = out.terms[0]
+    assert isinstance(scaled, ef.Scale) and scaled.scale == 2.0
+    bal = scaled.term
+    med = [float(t.energy(x).detach().double().median()) for t in inner.terms]
+    expect = [(m - sum(med) / 2) / 0.1 for m in med]
+    assert bal.log_weights == pytest.approx(expect, rel=1e-9) and bal.temperature == 0.1
+    assert inner.log_weights == (0.0, 0.0)
+    assert [leaf.cond for leaf in out.leaves()] == [leaf.cond for leaf in expr.leaves()]
+    no_or = ef.Concept(model, c[0]) & other
+    assert ef.balance_disjunctions(no_or, x) is no_or
+
+
+def test_balancing_at_settled_points_uses_each_terms_own_modes():
+    """With ``settle`` the medians are taken where each term's own chain got to: settled exactly onto
+    each mode, the gap between the modes' energies is recovered whatever the starting batch."""
+    gap, temperature = float(torch.rand(()) + 0.5), 0.05
+    a = torch.randn(2, dtype=torch.float64)
+    lo, hi = ef.Concept(Shifted(0.0), a), ef.Concept(Shifted(gap), -a)
+    x = torch.randn(32, 2, dtype=torch.float64) + a  # a lopsided start: nearer a than -a
+    calls = []
+
+    def to_mode(term, at):
+        calls.append((term, at))
+        return term.cond.expand_as(at).clone()
+
+    bal = ef.balance_disjunctions(ef.Or(lo, hi, temperature=temperature), x, settle=to_mode)
+    assert [t for t, _ in calls] == [lo, hi] and all(at is x for _, at in calls)
+    assert bal.log_weights[1] - bal.log_weights[0] == pytest.approx(gap / temperature, rel=1e-9)
+    at_start = ef.balance_disjunctions(ef.Or(lo, hi, temperature=temperature), x)
+    assert at_start.log_weights[1] - at_start.log_weights[0] > gap / temperature + 1.0  # the start is biased
+
+
+def test_balancing_rejects_non_finite_energies():
+    bad = ef.Concept(lambda x: torch.where(x[:, 0] > 0, torch.inf, 0.0) + x.sum(1))
+    expr = bad | ef.Concept(lambda x: x.sum(1))
+    with pytest.raises(ValueError, match="non-finite"):
+        ef.balance_disjunctions(expr, torch.randn(8, 2).abs())

@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+import ebm_fast as ef
 from ebm_fast import evaluate as E
 from ebm_fast.data import scenes as S
 from ebm_fast.judges import Judges
@@ -145,6 +146,48 @@ def test_disjunctions_default_to_the_released_codes_temperature(concepts):
     add_chain_args(p)
     assert p.parse_args([]).temperature == DEFAULT_SAMPLE_TEMPERATURE
     assert Or(e.terms[0], e.terms[1]).temperature == 1.0
+
+
+def test_sampling_tools_balance_disjunctions_at_each_terms_modes(concepts, monkeypatch):
+    """Off by default (--balance-or turns it on): sample_images first runs each disjunction term
+    alone for balance_steps from the chains' own starting noise, then weights the terms by the median
+    energies those chains reached, then samples the balanced expression from the same noise."""
+    import argparse
+
+    import ebm_fast.sample_cli as SC
+    from ebm_fast.sample_cli import ChainSettings, add_chain_args, sample_images, settings_from_args
+
+    p = argparse.ArgumentParser()
+    add_chain_args(p)
+    args = settings_from_args(p.parse_args([]), concepts)
+    assert args.balance_or is False and args.balance_steps == ChainSettings().balance_steps == 100
+    on = settings_from_args(p.parse_args(["--balance-or", "--balance-steps", "7"]), concepts)
+    assert on.balance_or is True and on.balance_steps == 7
+    with pytest.raises(ValueError, match="balance_steps"):
+        ChainSettings(balance_steps=-1)
+    gen = torch.Generator().manual_seed(fresh_seed())
+    e = E.build_expr(E.ROWS["disj_pos"], concepts, E.draw_targets(E.ROWS["disj_pos"], 5, gen))
+    calls = []
+
+    def spy(expr, x0, *, steps, **kw):  # a stand-in chain: moves x by a step count of its own
+        calls.append((expr, x0.clone(), steps))
+        return (x0 + 0.01 * steps).clamp(0, 1)
+
+    monkeypatch.setattr("ebm_fast.sampler.sample", spy)
+    seed = fresh_seed() % 1000
+    sample_images(e, 5, ChainSettings(steps=3, balance_or=True, balance_steps=7), 32, seed)
+    assert [(c[0], c[2]) for c in calls[:2]] == [(e.terms[0], 7), (e.terms[1], 7)]
+    x0 = calls[0][1]
+    assert torch.equal(calls[1][1], x0) and torch.equal(calls[2][1], x0) and calls[2][2] == 3
+    bal = calls[2][0]
+    assert bal is not e and e.log_weights == (0.0, 0.0)
+    with torch.no_grad():
+        med = [float(t.energy((x0 + 0.07).clamp(0, 1)).double().median()) for t in e.terms]
+    assert bal.log_weights == pytest.approx([(m - sum(med) / 2) / e.temperature for m in med], rel=1e-6)
+    calls.clear()
+    sample_images(e, 5, ChainSettings(steps=3, balance_or=False), 32, seed)
+    assert len(calls) == 1 and calls[0][0] is e and torch.equal(calls[0][1], x0)
+    assert SC.balance_disjunctions is ef.balance_disjunctions
 
 
 def test_disjunction_fractions_on_constructed_positions():
