@@ -317,7 +317,8 @@ class Scale(Expr):
 
 
 def balance_disjunctions(expr: Expr, x: Tensor, settle: Callable[[Expr, Tensor], Tensor] | None = None) -> Expr:
-    """A copy of ``expr`` whose every :class:`Or` gives its terms equal weight at their own modes.
+    """A copy of ``expr`` in which every :class:`Or` weighs its terms equally at ``x``, or with
+    ``settle`` at their own modes.
 
     Term ``j`` of an ``Or`` gets weight ``softmax_j(-e_j / T + beta_j)``. An unnormalised energy's
     level is arbitrary: two conditions of one model, or two models, can reach their modes at
