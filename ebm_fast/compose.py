@@ -22,7 +22,7 @@ __all__ = ["Expr", "Concept", "And", "Or", "Not", "Scale", "balance_disjunctions
 DEFAULT_NOT_ALPHA = 0.01  # the paper's value; the released code uses 0.001
 # The disjunction temperature the sampling tools (`ebm-fast sample`, `eval composition`, the demo)
 # use; ``Or`` itself defaults to the paper's T = 1. On the uniform noise a chain starts from, the
-# shipped position concept's energies under two targets differ by ~0.08, so at T = 1 the branch
+# shipped position concept's energies under two targets differ by ~0.08 either way, so at T = 1 the branch
 # weights softmax(-E_j / T) start near 1/2, the chain follows the average gradient and draws BOTH
 # objects; at the released code's 0.01 it commits to one (Disj(Position 1, Position 2), 1000
 # samples: 0.879 of samples at a position against 0.455 at T = 1; docs/sampling.md).
