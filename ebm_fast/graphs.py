@@ -19,7 +19,10 @@ a training loop keeps replaying the same graph and sees the new weights; re-allo
 references to their models; :func:`clear_cache` drops them, :func:`set_cache_size` bounds them (LRU).
 
 If a capture fails (an op that syncs with the host, a CPU fallback inside the model, ...), the
-sampler warns once per key with the reason and runs that chain eagerly.
+sampler warns once per key with the reason (the op that broke the capture, not CUDA's follow-up
+error) and runs that chain eagerly; the device's default generator is taken out of capture mode, so
+``torch.rand`` and dropout keep working afterwards (measured on an H100: without that, every later
+random op on the device raised).
 """
 
 from __future__ import annotations
@@ -64,9 +67,30 @@ def capture(run: Callable[[], None], warmup: Callable[[], None], device: torch.d
             warmup()
     current.wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        run()
+    try:
+        with torch.cuda.graph(graph):
+            run()
+    except Exception as exc:
+        _release_generators_after_failed_capture(device)
+        root = exc
+        while root.__context__ is not None and root.__context__ is not root:  # the op that broke the capture,
+            root = root.__context__  # not capture_end's "operation failed due to a previous error"
+        if root is exc:
+            raise
+        raise RuntimeError(f"{type(root).__name__}: {root}".strip()) from exc
     return graph.replay
+
+
+def _release_generators_after_failed_capture(device: torch.device) -> None:
+    """Take ``device``'s default CUDA generator out of capture mode after a capture that failed.
+
+    ``CUDAGraph.capture_end`` ends the generators' capture only when ``cudaStreamEndCapture``
+    succeeds; after an invalidated capture the generator stays marked as capturing, and every later
+    ``torch.rand``/dropout on the device raises "Offset increment outside graph capture encountered
+    unexpectedly". A clone of the state (seed and offset, not the capture flag) replaces it.
+    """
+    gen = torch.cuda.default_generators[device.index if device.index is not None else torch.cuda.current_device()]
+    gen.graphsafe_set_state(gen.clone_state())
 
 
 def module_state(m: nn.Module) -> tuple:

@@ -350,6 +350,9 @@ def _dist_setup(device: str) -> tuple[int, int, torch.device]:
 
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if dev.type == "cuda":
+        if local >= torch.cuda.device_count():
+            raise ValueError(f"local rank {local} has no CUDA device: this machine has {torch.cuda.device_count()}; "
+                             "start at most that many processes per node, or pass --device cpu (gloo)")
         dev = torch.device("cuda", local)
         torch.cuda.set_device(dev)
     if not dist.is_initialized():

@@ -77,8 +77,10 @@ def expressions(draw, max_leaves: int = 8, max_depth: int = 3):
 
     expr = build(max_depth)
     # Make every drawn tree sampleable: a tree whose leaves all enter negatively gets a positive term.
+    # With every leaf already used, scaling by -1 flips every sign instead (max_leaves is a hard limit).
     if not any(s > 0 for s in expr.program.leaf_signs):
-        expr = expr & leaf(counter[0])
+        expr = expr & leaf(counter[0]) if counter[0] < max_leaves else -1.0 * expr
+        assert any(s > 0 for s in expr.program.leaf_signs), expr
     return expr
 
 

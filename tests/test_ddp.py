@@ -37,7 +37,7 @@ def test_torchrun_two_ranks_gloo(tmp_path):
            "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
            "-m", "ebm_fast.train", "--out", str(out), "--data", str(npz), "--cond", "position", "--model", "tiny",
            "--iterations", "4", "--batch-size", "8", "--langevin-steps", "5", "--replay-capacity", "16",
-           "--checkpoint-every", "2", "--log-every", "1", "--threads", "1", "--no-progress", "--seed", "11"]
+           "--checkpoint-every", "2", "--log-every", "1", "--threads", "1", "--no-progress", "--seed", "11", "--device", "cpu"]
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -120,7 +120,12 @@ def test_block_sizes_do_not_change_the_step(kernel):
     kw = dict(step_size=0.1, noise=0.2, seed=9, step=4, order="noise_first", grad_clip=1.5, clamp=(0.1, 0.9))
     a = _launch(kernel, expr, x, grads, energies, block_b=1, block_d=16, **kw)
     b = _launch(kernel, expr, x, grads, energies, block_b=4, block_d=64, **kw)
-    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and torch.equal(a[2], b[2])
+    assert torch.equal(a[2], b[2])
+    if x.is_cuda:  # compiled tiles of another shape may contract other multiply-adds (FMA): rounding only
+        torch.testing.assert_close(b[0], a[0], rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(b[1], a[1], rtol=1e-6, atol=1e-6)
+    else:  # the interpreter evaluates the same NumPy operations whatever the blocks
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
 def test_device_scalars_are_read_in_the_kernel(kernel):

@@ -51,10 +51,11 @@ def test_torch_reference_matches_triton_random_functions():
         tl.store(out + j, v, mask=j < n)
 
     n = 1000
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # the interpreter (conftest) runs it on the CPU
     for seed, step in [(_fresh_seed(), 7), (_fresh_seed() + 2**63, 2**33 + 5)]:
-        out = torch.empty(n)
+        out = torch.empty(n, device=device)
         noise_kernel[(triton.cdiv(n, 256),)](out, seed, step & 0xFFFFFFFF, step >> 32, n, BLOCK=256)
-        torch.testing.assert_close(normal_noise(seed, step, n), out, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(normal_noise(seed, step, n), out.cpu(), rtol=1e-5, atol=1e-5)
 
 
 def test_noise_depends_only_on_seed_step_and_index():

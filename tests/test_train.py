@@ -32,7 +32,7 @@ def _restore_threads():
 def _small(out, **kw) -> TrainConfig:
     base = dict(out=str(out), model="tiny", cond="pos", iterations=4, batch_size=8, langevin_steps=5,
                 replay_capacity=24, checkpoint_every=2, log_every=1, image_every=2, progress=False, threads=1,
-                seed=3, ema=0.9, grad_clip=1.0, replay_p=0.7)
+                seed=3, ema=0.9, grad_clip=1.0, replay_p=0.7, device="cpu")
     base.update(kw)
     return TrainConfig(**base)
 
@@ -137,7 +137,7 @@ def _cli_args(out, data, iterations, *extra):
     return ["--out", str(out), "--data", str(data), "--cond", "position", "--model", "tiny",
             "--iterations", str(iterations), "--batch-size", "8", "--langevin-steps", "5", "--replay-capacity", "24",
             "--checkpoint-every", "2", "--log-every", "1", "--image-every", "100", "--threads", "1",
-            "--no-progress", "--seed", "7", "--ema", "0.9", *extra]
+            "--no-progress", "--seed", "7", "--ema", "0.9", "--device", "cpu", *extra]
 
 
 def test_kill_and_resume_through_the_cli_is_bit_exact(tmp_path, capsys):
@@ -531,3 +531,29 @@ def test_the_concept_recipe_parses_into_the_documented_config(tmp_path):
         assert (cfg.step_size, cfg.noise, cfg.sample_grad_clip) == (10.0, 0.005, 0.01)
         assert cfg.cond_reg == 1.0  # the wrong conditions' energies are held near the negatives
         assert cfg.export_every == 500  # the best step is chosen by judging the kept models'
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_training_on_cuda_checkpoints_resumes_and_loads_on_the_cpu(tmp_path):
+    """A run on the GPU writes a checkpoint that resumes on the GPU with the saved weights and step,
+    and whose model loads on the CPU (weights_only) with the same values."""
+    from ebm_fast.models import load_model
+
+    data = synthetic_data(32, 16, seed=int(np.random.default_rng().integers(1000)))
+    tr = Trainer(_small(tmp_path, iterations=2, device="cuda"), data=data)
+    assert all(p.is_cuda for p in tr.model.parameters())
+    tr.train()
+    saved = {k: v.detach().cpu().clone() for k, v in tr.ema.state_dict().items()}
+    again = Trainer(_small(tmp_path, iterations=4, device="cuda", resume=True), data=data)
+    assert again.resume() and again.step_count == 2  # train() resumes the same way (again)
+    for k, v in again.ema.state_dict().items():
+        assert torch.equal(v.cpu(), saved[k]), k
+    again.train()
+    assert again.step_count == 4
+    recs = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert recs[-1]["step"] == 4 and all(np.isfinite(r["loss"]) for r in recs if "loss" in r)
+    model, _ = load_model(tmp_path / "ckpt" / "last.pt")
+    ref = {k: v.cpu() for k, v in again.ema.state_dict().items()}
+    for k, v in model.state_dict().items():
+        assert v.device.type == "cpu" and torch.equal(v, ref[k]), k
