@@ -31,24 +31,37 @@ from .compose import Expr
 from .step_reference import ORDERS, langevin_step_torch
 
 __all__ = ["langevin_step", "prepare_step", "PreparedStep", "available_backends", "resolve_backend", "BACKENDS",
-           "new_flag"]
+           "triton_unusable_reason", "new_flag"]
 
 BACKENDS = ("auto", "torch", "cpu", "cuda", "triton")
 STATE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 @functools.lru_cache(maxsize=None)
-def _triton_usable_on(device_type: str) -> bool:
+def triton_unusable_reason(device_type: str) -> str | None:
+    """Why the Triton backend cannot run on tensors of ``device_type`` (None when it can)."""
+    if device_type not in ("cpu", "cuda"):
+        return f"Triton runs on CUDA tensors (or CPU tensors through its interpreter), not {device_type}"
     if device_type == "cpu":
         import os
 
         if os.environ.get("TRITON_INTERPRET", "0") != "1":
-            return False
+            return ("on CPU tensors Triton runs only through its interpreter: set TRITON_INTERPRET=1 "
+                    "before triton is first imported")
+    try:
+        import triton  # noqa: F401
+    except ImportError as exc:
+        return f"triton does not import ({exc}): pip install triton"
     try:
         from .kernels import langevin_step as _k  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    except ImportError as exc:
+        return (f"ebm_fast.kernels does not import ({exc}); a source checkout has it only once installed "
+                "(pip install -e . maps kernels/ to ebm_fast.kernels)")
+    return None
+
+
+def _triton_usable_on(device_type: str) -> bool:
+    return triton_unusable_reason(device_type) is None
 
 
 def available_backends(device: torch.device | str = "cpu") -> list[str]:
@@ -59,7 +72,7 @@ def available_backends(device: torch.device | str = "cpu") -> list[str]:
         out.append("cpu")
     if dev.type == "cuda" and _native.cuda_available():
         out.append("cuda")
-    if dev.type in ("cpu", "cuda") and _triton_usable_on(dev.type):
+    if _triton_usable_on(dev.type):
         out.append("triton")
     return out
 
@@ -89,12 +102,8 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         if not _native.cuda_available():
             raise _native.missing_error("cuda")
     elif backend == "triton":
-        if not _triton_usable_on(device.type):
-            raise RuntimeError(
-                f"backend='triton' is not usable on {device.type} tensors: it needs triton installed "
-                "(pip install triton) and a CUDA device, or TRITON_INTERPRET=1 set before triton is "
-                "first imported to run the kernel on the CPU through Triton's interpreter"
-            )
+        if (why := triton_unusable_reason(device.type)) is not None:
+            raise RuntimeError(f"backend='triton' is not usable on {device.type} tensors: {why}")
     return backend
 
 

@@ -196,3 +196,28 @@ def test_bad_inputs_name_the_problem():
         step(x, g, e, expr, step_size=float("nan"), noise=0.1, seed=0, step=0)
     with pytest.raises(ValueError, match=r"out must match x"):
         step(x, g, e, expr, out=torch.empty(3, 5), **kw)
+
+
+def test_an_unusable_triton_backend_says_why(monkeypatch):
+    """A source checkout imported without installing has no ebm_fast.kernels (setup.py maps kernels/
+    there): Triton then drops out of the available backends and naming it explains the fix."""
+    import sys
+
+    from ebm_fast import ops
+
+    expr = leaf(0) & leaf(1)
+    args = (torch.rand(3, 4), torch.randn(2, 3, 4), torch.randn(2, 3), expr)
+    kw = dict(step_size=0.1, noise=0.1, seed=0, step=0, backend="triton")
+    try:
+        ops.triton_unusable_reason.cache_clear()
+        monkeypatch.setitem(sys.modules, "ebm_fast.kernels", None)
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+        assert "triton" not in ops.available_backends("cpu")
+        with pytest.raises(RuntimeError, match=r"ebm_fast\.kernels does not import .*pip install -e \."):
+            ef.ops.langevin_step(*args, **kw)
+        ops.triton_unusable_reason.cache_clear()
+        monkeypatch.setenv("TRITON_INTERPRET", "0")
+        with pytest.raises(RuntimeError, match=r"only through its interpreter: set TRITON_INTERPRET=1"):
+            ef.ops.langevin_step(*args, **kw)
+    finally:
+        ops.triton_unusable_reason.cache_clear()
