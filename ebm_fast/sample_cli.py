@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .compose import DEFAULT_NOT_ALPHA, DEFAULT_SAMPLE_TEMPERATURE, Expr, balance_disjunctions
+from .compose import DEFAULT_NOT_ALPHA, DEFAULT_SAMPLE_TEMPERATURE, Expr, balance_conjunctions, balance_disjunctions
 from .train import TrainConfig
 
 __all__ = ["ChainSettings", "chain_settings_of", "from_noise_steps", "sample_images", "concepts_resolution", "to_uint8", "resolve_device",
@@ -35,9 +35,11 @@ _TRAIN = TrainConfig  # class attributes hold the dataclass defaults
 class ChainSettings:
     """How image chains are run: ``steps`` K, ``step_size``, ``noise``, ``grad_clip`` (element-wise,
     None = off), ``order`` (``noise_first``/``ula``), ``backend``, ``resolution`` (None: the concepts'
-    training resolution), ``batch_size`` (chains sampled at once), ``balance_or`` (give every
-    disjunction's terms equal weight at their own modes, :func:`ebm_fast.compose.balance_disjunctions`)
-    and ``balance_steps`` (the length of the chain of each term alone that finds those modes)."""
+    training resolution), ``batch_size`` (chains sampled at once), ``balance_and`` (scale every
+    conjunction's terms to the weakest one's gradient at the starting noise,
+    :func:`ebm_fast.compose.balance_conjunctions`), ``balance_or`` (give every disjunction's terms
+    equal weight at their own modes, :func:`ebm_fast.compose.balance_disjunctions`) and
+    ``balance_steps`` (the length of the chain of each term alone that finds those modes)."""
 
     steps: int = _TRAIN.langevin_steps
     step_size: float = _TRAIN.step_size
@@ -47,6 +49,7 @@ class ChainSettings:
     backend: str = "auto"
     resolution: int | None = None
     batch_size: int = 128
+    balance_and: bool = False
     balance_or: bool = False
     balance_steps: int = 100
 
@@ -88,7 +91,8 @@ def _device_of(expr: Expr) -> torch.device:
 def sample_images(expr: Expr, n: int, settings: ChainSettings, resolution: int, seed: int) -> Tensor:
     """``n`` images ``(n, 3, resolution, resolution)`` float32 in [0, 1] from ``expr``, chains started
     from uniform noise drawn with ``seed`` (the Langevin noise uses ``seed`` too). Leaves with
-    per-sample conditions must hold exactly ``n`` of them. With ``settings.balance_or`` the
+    per-sample conditions must hold exactly ``n`` of them. With ``settings.balance_and`` the
+    conjunctions are first balanced at that noise. With ``settings.balance_or`` the
     disjunctions are first balanced at their terms' modes, found by ``settings.balance_steps`` steps
     of each term alone from the same noise."""
     from .sampler import sample
@@ -101,6 +105,8 @@ def sample_images(expr: Expr, n: int, settings: ChainSettings, resolution: int, 
         return sample(e, x, steps=steps, step_size=settings.step_size, noise=settings.noise, clamp=(0.0, 1.0),
                       grad_clip=settings.grad_clip, order=settings.order, seed=int(seed), backend=settings.backend)
 
+    if settings.balance_and:
+        expr = balance_conjunctions(expr, x0)
     if settings.balance_or:
         expr = balance_disjunctions(expr, x0, settle=lambda term, x: chain(term, x, settings.balance_steps))
     x = chain(expr, x0, settings.steps)
@@ -169,6 +175,9 @@ def add_chain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=DEFAULT_SAMPLE_TEMPERATURE,
                    help=f"temperature of every disjunction (default {DEFAULT_SAMPLE_TEMPERATURE}, the released "
                         "code's; 1 is the paper's equation and draws both objects of a two-way OR)")
+    p.add_argument("--balance-and", action=argparse.BooleanOptionalAction, default=False,
+                   help="scale the terms of every conjunction down to the weakest one's gradient norm at the "
+                        "starting noise (default off: the plain sum of energies; see docs/sampling.md)")
     p.add_argument("--balance-or", action=argparse.BooleanOptionalAction, default=False,
                    help="give the terms of every disjunction equal weight at their own modes (log weights from "
                         "their median energies after a short chain of each term alone; default off: the plain "
@@ -194,7 +203,8 @@ def settings_from_args(args: argparse.Namespace, concepts: Mapping | None = None
     """The chain settings of parsed :func:`add_chain_args` options, unset ones from ``concepts``."""
     given = {k: getattr(args, k) for k in CHAIN_FIELDS if hasattr(args, k)}
     return chain_settings_of(concepts, **given, backend=args.backend, resolution=args.res,
-                             batch_size=args.batch_size, balance_or=args.balance_or,
+                             batch_size=args.batch_size, balance_and=args.balance_and,
+                             balance_or=args.balance_or,
                              balance_steps=args.balance_steps)
 
 

@@ -237,3 +237,77 @@ def test_balancing_rejects_non_finite_energies():
     expr = bad | ef.Concept(lambda x: x.sum(1))
     with pytest.raises(ValueError, match="non-finite"):
         ef.balance_disjunctions(expr, torch.randn(8, 2).abs())
+
+
+class Stiff(torch.nn.Module):
+    """E(x | c) = 0.5 * k * |x - c|^2: a Gaussian concept of precision k."""
+
+    def __init__(self, k: float):
+        super().__init__()
+        self.k = k
+
+    def forward(self, x, c):
+        return 0.5 * self.k * ((x - c) ** 2).sum(1)
+
+
+def test_balanced_conjunction_scales_terms_to_the_weakest_gradient():
+    """Gaussian concepts of precisions k_j: the gradient norm of term j at x is k_j |x - c_j|
+    (computed here without autograd), each coefficient shrinks by min_k g_k / g_j, and the balanced
+    product is the Gaussian of precision sum_j w_j k_j centred at sum_j w_j k_j c_j / sum_j w_j k_j
+    (its minimiser, found by the energy itself, lands there)."""
+    ks = (torch.rand(3, dtype=torch.float64) * 4 + 0.5).tolist()
+    cs = [torch.randn(2, dtype=torch.float64) * 2 for _ in ks]
+    user = (torch.rand(3, dtype=torch.float64) + 0.5).tolist()
+    expr = ef.And(*(ef.Concept(Stiff(k), c) for k, c in zip(ks, cs)), coefs=user)
+    x = torch.randn(65, 2, dtype=torch.float64) * 3
+    out = ef.balance_conjunctions(expr, x)
+    g = [k * float((x - c).norm(dim=1).median()) for k, c in zip(ks, cs)]
+    want = [u * min(g) / gj for u, gj in zip(user, g)]
+    assert isinstance(out, ef.And) and out is not expr and expr.coefs == tuple(user)
+    assert out.coefs == pytest.approx(want, rel=1e-9)
+    assert max(w / u for w, u in zip(out.coefs, user)) == pytest.approx(1.0, rel=1e-12)  # the weakest keeps its own
+    prec = [w * k for w, k in zip(want, ks)]
+    mean = sum(p * c for p, c in zip(prec, cs)) / sum(prec)
+    xm = mean.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(out.energy(xm[None]).sum(), xm)
+    assert grad.abs().max() < 1e-9  # the analytic mean is the balanced energy's stationary point
+
+
+def test_conjunction_balancing_skips_negations_and_reaches_nested_conjunctions():
+    model = Stiff(1.0)
+    strong = ef.Concept(Stiff(5.0), torch.randn(2))
+    weak = ef.Concept(model, torch.randn(2))
+    neg = ef.Not(ef.Concept(Stiff(50.0), torch.randn(2)), alpha=0.1)
+    inner = ef.And(strong, weak)
+    untouched = ef.Or(ef.Concept(model, torch.randn(2)), ef.Concept(model, torch.randn(2)))
+    expr = ef.And(inner, neg, -1.0 * weak, untouched, coefs=[1.0, 1.0, 0.5, 1.0])
+    x = torch.randn(32, 2)
+    out = ef.balance_conjunctions(expr, x)
+    # outer And: the negation and the Scale by -1 keep their coefficients; only `inner` and
+    # `untouched` pull, and they are scaled against each other
+    assert isinstance(out.terms[0], ef.And) and out.terms[1] is neg and out.terms[3] is untouched
+    assert out.coefs[1] == 1.0 and out.coefs[2] == 0.5 and min(out.coefs[0], out.coefs[3]) < 1.0
+    assert max(out.coefs[0], out.coefs[3]) == 1.0
+    bal_inner = out.terms[0]
+    gs = []
+    for t in (strong, weak):
+        xx = x.clone().requires_grad_(True)
+        (gr,) = torch.autograd.grad(t.energy(xx).sum(), xx)
+        gs.append(float(gr.norm(dim=1).median()))
+    assert bal_inner.coefs == pytest.approx([min(gs) / gs[0], min(gs) / gs[1]], rel=1e-5)
+    assert inner.coefs == (1.0, 1.0)
+    alone = strong | weak
+    assert ef.balance_conjunctions(alone, x) is alone
+    single = ef.And(strong, neg)  # one pulling term: nothing to compare
+    assert ef.balance_conjunctions(single, x) is single
+
+
+def test_conjunction_balancing_rejects_bad_gradients():
+    nan = ef.Concept(lambda x: torch.where(x[:, 0] > 0, torch.nan, 1.0) * x.sum(1))
+    flat = ef.Concept(lambda x: 0.0 * x.sum(1) + 1.0)
+    good = ef.Concept(lambda x: (x ** 2).sum(1))
+    x = torch.randn(8, 2).abs() + 0.1
+    with pytest.raises(ValueError, match="non-finite gradients"):
+        ef.balance_conjunctions(nan & good, x)
+    with pytest.raises(ValueError, match="zero gradient"):
+        ef.balance_conjunctions(good & flat, x)

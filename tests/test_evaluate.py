@@ -290,3 +290,37 @@ def test_sample_cli_writes_a_grid(tmp_path, concepts, capsys):
     assert rc == 2 and "column 16" in err and "unknown attribute 'colr'" in err
     rc = sample_cli_main(["size=0.2", "--concepts", str(d), "--out", str(out)])
     assert rc == 2 and "--cond size" in capsys.readouterr().err
+
+
+def test_sampling_tools_balance_conjunctions_at_the_starting_noise(concepts, monkeypatch):
+    """Off by default (--balance-and turns it on): sample_images balances every conjunction at the
+    chains' own starting noise (no extra chain), then samples the balanced expression from it."""
+    import argparse
+
+    import ebm_fast.sample_cli as SC
+    from ebm_fast.sample_cli import ChainSettings, add_chain_args, sample_images, settings_from_args
+
+    p = argparse.ArgumentParser()
+    add_chain_args(p)
+    assert settings_from_args(p.parse_args([]), concepts).balance_and is False
+    assert settings_from_args(p.parse_args(["--balance-and"]), concepts).balance_and is True
+    gen = torch.Generator().manual_seed(fresh_seed())
+    row = E.ROWS["conj_pos_color"]
+    e = E.build_expr(row, concepts, E.draw_targets(row, 5, gen, concepts))
+    calls = []
+
+    def spy(expr, x0, *, steps, **kw):
+        calls.append((expr, x0.clone(), steps))
+        return x0
+
+    monkeypatch.setattr("ebm_fast.sampler.sample", spy)
+    seed = fresh_seed() % 1000
+    sample_images(e, 5, ChainSettings(steps=3, balance_and=True), 32, seed)
+    assert len(calls) == 1 and calls[0][2] == 3
+    bal, x0 = calls[0][0], calls[0][1]
+    assert isinstance(bal, ef.And) and bal is not e and e.coefs == (1.0, 1.0)
+    assert bal.coefs == pytest.approx(ef.balance_conjunctions(e, x0).coefs, rel=1e-6) and max(bal.coefs) == 1.0
+    calls.clear()
+    sample_images(e, 5, ChainSettings(steps=3), 32, seed)
+    assert len(calls) == 1 and calls[0][0] is e and torch.equal(calls[0][1], x0)
+    assert SC.balance_conjunctions is ef.balance_conjunctions
