@@ -79,7 +79,7 @@ def label_key(name: str) -> str:
 # cond_loss from then on); init_from is read only when a run starts.
 RESUME_OVERRIDABLE = ("iterations", "log_every", "image_every", "checkpoint_every", "export_every", "progress",
                       "threads", "device", "resume", "compile", "backend", "out", "cond_contrast", "cond_jitter",
-                      "cond_reg", "init_from")
+                      "cond_reg", "init_from", "max_minutes")
 
 
 @dataclass
@@ -143,6 +143,7 @@ class TrainConfig(DictConfig):
     image_every: int = 250
     checkpoint_every: int = 100
     export_every: int = 0
+    max_minutes: float | None = None
     progress: bool = True
     resume: bool = False
 
@@ -171,7 +172,7 @@ class TrainConfig(DictConfig):
         for name in ("cond_jitter", "cond_reg"):
             if getattr(self, name) and not self.cond_contrast:
                 raise ValueError(f"{name}: acts on the wrong conditions of the ranking term; set cond_contrast > 0 too")
-        for name in ("grad_clip", "sample_grad_clip"):
+        for name in ("grad_clip", "sample_grad_clip", "max_minutes"):
             if getattr(self, name) is not None:
                 positive(name, integer=False)
         if self.cond_contrast and self.cond == "none":
@@ -691,7 +692,14 @@ class Trainer:
         self.replay.load_state_dict(r["replay"])
         set_rng_state(r["rng"])
         self.gen.set_state(r["gen"])
-        self.replay_gen.set_state(r["replay_gen"].to(self.replay_gen.get_state().device))
+        current = self.replay_gen.get_state()
+        if r["replay_gen"].numel() == current.numel():
+            self.replay_gen.set_state(r["replay_gen"].to(current.device))
+        else:  # the run moved between CPU and CUDA: the saved state is of the other generator kind
+            warnings.warn(f"checkpoint's replay generator state is of another device kind (the run moved to "
+                          f"{self.device.type}): replay draws restart from the run's seed at step {self.step_count}",
+                          RuntimeWarning, stacklevel=2)
+            self.replay_gen.manual_seed(self.config.seed * 1_000_003 + self.rank + 7919 + self.step_count)
 
     def _init_from(self, model: nn.Module, path: str) -> None:
         """Copy the weights of the model or checkpoint at ``path`` into ``model``. A source that reads
@@ -756,6 +764,8 @@ class Trainer:
         # each line is appended by path, not through a handle held open: a log.jsonl replaced while the
         # run goes on (a checkout, a copy back) gets the new lines instead of an unlinked file
         log = self.out / "log.jsonl" if self.is_main else None
+        deadline = None if c.max_minutes is None else time.monotonic() + 60.0 * c.max_minutes
+        stopped = False
         try:
             while self.step_count < c.iterations:
                 t = time.perf_counter()
@@ -784,9 +794,20 @@ class Trainer:
                 if self.is_main and c.export_every and s % c.export_every == 0:
                     (self.out / "models").mkdir(exist_ok=True)
                     self.export(self.out / "models" / f"model_{s:06d}.pt")
+                if deadline is not None and s % c.checkpoint_every == 0 and s < c.iterations \
+                        and self._all_ranks_agree(time.monotonic() > deadline):
+                    stopped = True  # at a checkpoint just written: --resume goes on from here
+                    break
         finally:
             if bar is not None:
                 bar.close()
+        if stopped:
+            if self.is_main:
+                with open(self.out / "log.jsonl", "a") as f:
+                    f.write(json.dumps({"stopped": f"max_minutes={c.max_minutes}", "step": self.step_count}) + "\n")
+                print(f"ebm-fast train: stopped at step {self.step_count} of {c.iterations} after max_minutes="
+                      f"{c.max_minutes}; resume with --resume", file=sys.stderr)
+            return dict(stats, step=self.step_count, stopped=True)
         digest = param_digest(self.model)
         stats = dict(stats, step=self.step_count, param_digest=digest)
         if self.world > 1:
@@ -800,6 +821,16 @@ class Trainer:
             with open(self.out / "log.jsonl", "a") as f:
                 f.write(json.dumps({"final": True, **stats}) + "\n")
         return stats
+
+    def _all_ranks_agree(self, flag: bool) -> bool:
+        """``flag`` of rank 0 on every rank (one small all-reduce under DDP), so all ranks stop together."""
+        if self.world <= 1:
+            return flag
+        import torch.distributed as dist
+
+        t = torch.tensor([1.0 if (flag and self.rank == 0) else 0.0], device=self.device)
+        dist.all_reduce(t)
+        return bool(t.item() > 0)
 
     def export(self, path) -> None:
         """Save the inference model (EMA weights if enabled) for :func:`ebm_fast.models.load_model`."""
@@ -918,9 +949,9 @@ def _parser() -> argparse.ArgumentParser:
     opt("--replay-capacity", int, "replay buffer size, per rank")
     opt("--replay-p", float, "probability a chain starts from the replay buffer (else uniform noise)")
     opt("--replay-dtype", str, "replay storage: uint8 or float32")
-    p.add_argument("--compile", action="store_true",
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction,
                    help="run the energy + input gradient of the chains under torch.compile (minutes to compile "
-                        "on a 2-core CPU; ~1.1x per step there)")
+                        "on a 2-core CPU; ~1.1x per step there); --no-compile turns it off in a resumed run")
     p.add_argument("--no-replay-labels", dest="replay_labels", action="store_false",
                    help="replayed chains take the data batch's labels (the released code) instead of their own")
     p.add_argument("--frozen", nargs="+", help="continual learning: frozen concepts PATH=ATTRIBUTE "
@@ -933,6 +964,8 @@ def _parser() -> argparse.ArgumentParser:
     opt("--checkpoint-every", int, "iterations between checkpoints")
     opt("--export-every", int, "iterations between model exports OUT/models/model_NNNNNN.pt (EMA weights; 0: off), "
                                "to pick the best step by judging afterwards")
+    opt("--max-minutes", none_or(float), "wall-clock budget: stop at the first checkpoint after it (resumable, no "
+                                         "model.pt; none: no limit)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm bar")
     p.add_argument("--resume", action="store_true",
                    help="continue the checkpoint in OUT/ckpt (its config; --iterations and bookkeeping may change)")
@@ -951,6 +984,7 @@ def config_from_args(argv: list[str] | None) -> TrainConfig:
         found = CheckpointManager(out / "ckpt").load_latest()
         if found is not None:
             base = found[0]["config"]
+            base.pop("max_minutes", None)  # a budget is per invocation, not part of the run
             base.update(given)
             return TrainConfig.from_dict(base)
     return TrainConfig.from_dict(given)

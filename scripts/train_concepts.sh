@@ -15,43 +15,24 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
-recipe() { $PY -c 'import sys; from ebm_fast.concepts import recipe_flags; print(recipe_flags(sys.argv[1]))' "$1"; }
 export EBM_FAST_CACHE=${EBM_FAST_CACHE:-$PWD/data_cache} OMP_WAIT_POLICY=PASSIVE MUJOCO_GL=${MUJOCO_GL:-egl}
+# shellcheck source=scripts/runs.sh
+. scripts/runs.sh
 mkdir -p runs/concepts
-
-need() {  # a frozen concept an earlier stage must have finished
-  [ -f "$1" ] || { echo "train_concepts: $2 needs $1 (finish that run first)" >&2; exit 2; }
-}
 
 if [ "${1:-}" = status ]; then  # where every run stands: step, speed, energies, cond_acc, newest negatives
   exec $PY -m ebm_fast.run_status runs/concepts/*/ runs/continual/*/
 fi
 
 for name in "$@"; do
-  case "$name" in
-    position|color|shape|size) data="--data scenes --cond $name"; out=runs/concepts/${name}32; attr=$name ;;
-    table3)
-      npz=$EBM_FAST_CACHE/table3_train_r32.npz
-      [ -f "$npz" ] || .venv/bin/ebm-fast eval inference --export-train "$npz" --resolution 32
-      data="--data $npz --cond position"; out=runs/concepts/table3_position32; attr=position ;;
-    continual-position) data="--data scenes --cond position --shapes box --colors purple"; out=runs/continual/position; attr=position ;;
-    continual-shape)
-      need runs/continual/position/model.pt continual-shape
-      data="--data scenes --cond shape --colors purple --frozen runs/continual/position/model.pt=position"
-      out=runs/continual/shape; attr=shape ;;
-    continual-color)
-      need runs/continual/shape/model.pt continual-color
-      data="--data scenes --cond color --frozen runs/continual/position/model.pt=position runs/continual/shape/model.pt=shape"
-      out=runs/continual/color; attr=color ;;
-    *) echo "train_concepts: unknown run '$name'" >&2; exit 2 ;;
-  esac
+  run_spec "$name" || exit 2
+  data=$DATA out=$RUN_OUT attr=$ATTR
   if pgrep -f -- "--out $out( |\$)" > /dev/null; then
     echo "$name: already running ($out)"; continue
   fi
   mkdir -p "$(dirname "$out")"
   # A run of the first recipe (runs/stage1/, the paper's loss alone) gives a new run its starting weights.
-  stage1=runs/stage1/$(echo "$out" | sed 's#^runs/concepts/##; s#^runs/continual/#continual_#')/ckpt/last.pt
-  init=""; [ -f "$stage1" ] && init="--init-from $stage1"
+  init=$(stage1_init "$out")
   # shellcheck disable=SC2086  # the recipe is a list of flags
   setsid nohup nice -n 19 $PY -m ebm_fast.train $data $(recipe "$attr") $init ${EXTRA:-} --threads 1 --no-progress --out "$out" --resume \
     >> "$out.out" 2>&1 < /dev/null &

@@ -557,3 +557,58 @@ def test_training_on_cuda_checkpoints_resumes_and_loads_on_the_cpu(tmp_path):
     ref = {k: v.cpu() for k, v in again.ema.state_dict().items()}
     for k, v in model.state_dict().items():
         assert v.device.type == "cpu" and torch.equal(v, ref[k]), k
+
+
+def test_max_minutes_stops_at_a_checkpoint_and_resume_goes_on_bit_exact(tmp_path, capsys):
+    """A wall-clock budget stops the run at the first checkpoint after it (no model.pt, a "stopped"
+    log line); --resume without the budget finishes it with the weights of an uninterrupted run."""
+    data = synthetic_data(32, 16, seed=int(np.random.default_rng().integers(1000)))
+    straight = Trainer(_small(tmp_path / "a", iterations=6), data=data)
+    straight.train()
+    cut = Trainer(_small(tmp_path / "b", iterations=6, max_minutes=1e-9), data=data)
+    stats = cut.train()
+    assert stats["stopped"] and stats["step"] == 2 and cut.step_count == 2
+    assert "stopped at step 2 of 6" in capsys.readouterr().err
+    assert not (tmp_path / "b" / "model.pt").exists()
+    last = json.loads((tmp_path / "b" / "log.jsonl").read_text().splitlines()[-1])
+    assert last == {"stopped": "max_minutes=1e-09", "step": 2}
+    resumed = Trainer(_small(tmp_path / "b", iterations=6, resume=True), data=data)
+    resumed.train()
+    assert resumed.step_count == 6 and (tmp_path / "b" / "model.pt").exists()
+    for k, v in _full_state(straight)["model"].items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
+    with pytest.raises(ValueError, match="max_minutes"):
+        TrainConfig(max_minutes=0)
+
+
+def test_max_minutes_is_per_invocation_on_the_cli(tmp_path):
+    """A resumed CLI run does not inherit the budget its checkpoint was written under."""
+    npz = tmp_path / "d.npz"
+    d = synthetic_data(32, 16, seed=0)
+    np.savez(npz, images=d.images.permute(0, 2, 3, 1).numpy(), label_pos=d.labels["pos"].numpy())
+    assert cli_main(_cli_args(tmp_path / "r", npz, 4, "--max-minutes", "1e-9")) == 0
+    assert load_checkpoint_file(tmp_path / "r" / "ckpt" / "last.pt")["step"] == 2
+    cfg = config_from_args(["--out", str(tmp_path / "r"), "--resume"])
+    assert cfg.max_minutes is None and cfg.iterations == 4
+    assert config_from_args(["--out", str(tmp_path / "r"), "--resume", "--max-minutes", "5"]).max_minutes == 5.0
+    assert config_from_args(["--out", str(tmp_path / "r"), "--resume", "--compile"]).compile is True
+    assert config_from_args(["--out", str(tmp_path / "r"), "--resume", "--no-compile"]).compile is False
+
+
+def test_resume_on_another_device_kind_reseeds_the_replay_generator(tmp_path):
+    """A checkpoint written on CUDA holds a 16-byte Philox state for the replay generator, which a
+    CPU generator cannot take (and the reverse): the rest loads, the replay draws restart from the
+    run's seed with a warning, and the run goes on."""
+    data = synthetic_data(32, 16, seed=int(np.random.default_rng().integers(1000)))
+    Trainer(_small(tmp_path, iterations=2), data=data).train()
+    state = load_checkpoint_file(tmp_path / "ckpt" / "last.pt")
+    state["ranks"][0]["replay_gen"] = torch.randint(0, 256, (16,), dtype=torch.uint8)  # a CUDA generator's
+    again = Trainer(_small(tmp_path, iterations=4, resume=True), data=data)
+    with pytest.warns(RuntimeWarning, match="another device kind"):
+        again.load_state_dict(state)
+    assert again.step_count == 2
+    for k, v in state["model"].items():
+        assert torch.equal(again.model.state_dict()[k], v), k
+    first = torch.randint(0, 10**6, (4,), generator=again.replay_gen)
+    again.replay_gen.manual_seed(3 * 1_000_003 + 7919 + 2)  # seed 3 (the _small config), rank 0, step 2
+    assert torch.equal(first, torch.randint(0, 10**6, (4,), generator=again.replay_gen))

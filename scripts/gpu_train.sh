@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Training runs on a lent GPU, a few minutes per device call, resumed across calls and sessions.
+#
+# Here (the CPU machine, which has MuJoCo to render the data; no trainer may be running):
+#   bash scripts/gpu_train.sh prepare color position      # data_cache/ + gpu_carry/ (runs to continue)
+#   mv runs ../runs_hold                                  # the tracked runs/ (~80 MB) must not travel
+# device tool, run: command "bash scripts/gpu_train.sh train 8 color position",
+#                   carry ["gpu_carry", "data_cache"]      (several runs share the GPU, one process each)
+#   mv ../runs_hold runs
+#   bash scripts/gpu_train.sh unpack /work/.device/N      # the runs' new checkpoints and logs into runs/
+#
+# `train MINUTES RUN...` (on the device) trains each run with --device cuda --resume --max-minutes, so
+# each stops at a checkpoint within MINUTES plus one checkpoint interval, and writes one
+# $OUT/<run>.tgz per run: ckpt/last.pt, config.json, log.jsonl, the newest negatives, model.pt if the
+# run finished. Run names are scripts/runs.sh's.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export EBM_FAST_CACHE=$PWD/data_cache OMP_WAIT_POLICY=PASSIVE MUJOCO_GL=${MUJOCO_GL:-egl} PYTHONUNBUFFERED=1
+CARRY=gpu_carry
+cmd=${1:-}; shift || true
+
+pack_run() {  # pack_run RUN_DIR TGZ: what a continued run needs, nothing older
+  local dir=$1 tgz=$2 newest files=()
+  newest=$(ls -1 "$dir"/samples/neg_*.png 2>/dev/null | tail -n 1 || true)
+  for f in "$dir"/config.json "$dir"/log.jsonl "$dir"/ckpt/last.pt "$dir"/model.pt $newest; do
+    [ -f "$f" ] && files+=("$f")
+  done
+  tar czf "$tgz" "${files[@]}"
+}
+
+case "$cmd" in
+  prepare)
+    PY=.venv/bin/python
+    # shellcheck source=scripts/runs.sh
+    . scripts/runs.sh
+    rm -rf "$CARRY"; mkdir -p "$CARRY" data_cache
+    for name in "$@"; do
+      run_spec "$name"
+      init=$(stage1_init "$RUN_OUT")
+      # render (or find) the run's data now: the device has no MuJoCo
+      # shellcheck disable=SC2086
+      $PY -c 'import sys; from ebm_fast.train import config_from_args, load_data; load_data(config_from_args(sys.argv[1:]))' \
+        $DATA $(recipe "$ATTR") $init --out "$RUN_OUT" --resume
+      if [ -d "$RUN_OUT" ]; then pack_run "$RUN_OUT" "$CARRY/$name.tgz"; fi
+      for f in ${init#--init-from } $(echo "$DATA" | grep -o 'runs/[^ =]*model\.pt' || true); do
+        if [ -f "$f" ]; then tar rf "$CARRY/extra.tar" "$f"; fi   # starting weights, frozen concepts
+      done
+    done
+    du -sh "$CARRY" data_cache
+    echo "next: mv runs ../runs_hold; device run 'bash scripts/gpu_train.sh train MINUTES $*' carrying $CARRY and data_cache"
+    ;;
+  train)
+    minutes=${1:?train: MINUTES RUN...}; shift
+    PY=${PYTHON:-python3}
+    OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
+    # shellcheck source=scripts/runs.sh
+    . scripts/runs.sh
+    for t in "$CARRY"/*.tgz; do if [ -f "$t" ]; then tar xzf "$t"; fi; done
+    if [ -f "$CARRY/extra.tar" ]; then tar xf "$CARRY/extra.tar"; fi
+    { nvidia-smi --query-gpu=name,memory.total --format=csv 2>/dev/null || echo "no nvidia-smi"; } | tee "$OUT/train.log"
+    jobs_=()
+    for name in "$@"; do
+      run_spec "$name"
+      mkdir -p "$RUN_OUT"
+      # shellcheck disable=SC2086
+      $PY -m ebm_fast.train $DATA $(recipe "$ATTR") $(stage1_init "$RUN_OUT") ${EXTRA:-} --device "${DEVICE:-cuda}" \
+        --threads 2 --no-progress --out "$RUN_OUT" --resume --max-minutes "$minutes" > "$RUN_OUT.out" 2>&1 &
+      jobs_+=("$!:$name:$RUN_OUT")
+    done
+    for j in "${jobs_[@]}"; do
+      IFS=: read -r pid name dir <<< "$j"
+      if wait "$pid"; then rc=0; else rc=$?; fi
+      { echo "== $name: exit $rc"; tail -n 5 "$dir.out"; tail -n 2 "$dir/log.jsonl" 2>/dev/null || true; } | tee -a "$OUT/train.log"
+      pack_run "$dir" "$OUT/$name.tgz"
+    done
+    ;;
+  unpack)
+    src=${1:?unpack: the folder where the device call put its files}
+    for t in "$src"/*.tgz; do tar xzf "$t"; echo "unpacked $t"; done
+    ;;
+  *) sed -n '2,17p' "$0"; exit 2 ;;
+esac
