@@ -20,9 +20,12 @@ from ebm_fast.models import build_model
 from timing import timed
 
 
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def per_candidate_loop(model, images, candidates):
     """The baseline: for each candidate, one forward of all images with that condition."""
-    out = torch.empty(images.shape[0], candidates.shape[0])
+    out = torch.empty(images.shape[0], candidates.shape[0], device=images.device)
     with torch.no_grad():
         for j in range(candidates.shape[0]):
             c = candidates[j].expand(images.shape[0], -1)
@@ -34,9 +37,9 @@ def per_candidate_loop(model, images, candidates):
 @pytest.mark.parametrize("images,grid", [(1, 8), (4, 8), (16, 8)])
 def test_grid_inference_batched_vs_loop(benchmark, machine, images, grid):
     torch.manual_seed(0)
-    model = build_model("small32", cond_dim=2, cond_type="continuous").eval()
-    x = torch.rand(images, 3, 32, 32)
-    cands = infer.position_grid(grid)
+    model = build_model("small32", cond_dim=2, cond_type="continuous").to(DEVICE).eval()
+    x = torch.rand(images, 3, 32, 32, device=DEVICE)
+    cands = infer.position_grid(grid).to(DEVICE)
     ref = per_candidate_loop(model, x, cands)
     torch.testing.assert_close(infer.grid_energies(model, x, cands), ref, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(infer.grid_energies(model, x, cands, compile=True), ref, rtol=1e-4, atol=1e-4)
@@ -44,7 +47,7 @@ def test_grid_inference_batched_vs_loop(benchmark, machine, images, grid):
                    "batched": lambda: infer.grid_energies(model, x, cands),
                    "batched_compiled": lambda: infer.grid_energies(model, x, cands, compile=True)}, rounds=5)
     benchmark.pedantic(infer.grid_energies, args=(model, x, cands), rounds=3, iterations=1, warmup_rounds=1)
-    benchmark.extra_info.update(machine("cpu"))
+    benchmark.extra_info.update(machine(DEVICE))
     benchmark.extra_info.update({"model": "small32", "images": images, "candidates": grid * grid,
                                  "loop_s": times["loop"], "batched_s": times["batched"],
                                  "batched_compiled_s": times["batched_compiled"],

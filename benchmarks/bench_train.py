@@ -33,7 +33,7 @@ import torch
 
 from ebm_fast.train import Trainer, TrainConfig, synthetic_data
 from machine import device_name
-from timing import timed
+from timing import sync, timed
 
 CASES = {
     # name: (model, resolution, batch, K, chains under torch.compile)
@@ -59,7 +59,8 @@ class ReferenceIteration:
         self.model = copy.deepcopy(trainer.model).train()
         self.opt = torch.optim.Adam(self.model.parameters(), lr=self.cfg.lr, betas=self.cfg.betas)
         self.trainer = trainer
-        self.gen = torch.Generator().manual_seed(1)
+        self.gen = torch.Generator().manual_seed(1)  # the data order, on the CPU like the trainer's
+        self.replay_gen = torch.Generator(device=trainer.device).manual_seed(2)  # the buffer's device
 
     def sample(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg
@@ -87,11 +88,14 @@ class ReferenceIteration:
         tr = self.trainer
         idx = torch.randint(0, len(tr.data), (self.cfg.batch_size,), generator=self.gen)
         x_pos, (c,) = tr.data.batch(idx, tr.cond_names)
-        x0 = tr.replay.sample(self.cfg.batch_size, p=self.cfg.replay_p, generator=self.gen).x
+        x0 = tr.replay.sample(self.cfg.batch_size, p=self.cfg.replay_p, generator=self.replay_gen).x
+        sync()
         t0 = time.perf_counter()
         x_neg = self.sample(x0, c)
+        sync()
         t1 = time.perf_counter()
         self.update(x_pos, x_neg, c)
+        sync()
         t2 = time.perf_counter()
         return {"t_sample": t1 - t0, "t_update": t2 - t1}
 
@@ -101,10 +105,12 @@ def network_floor(tr: Trainer, x: torch.Tensor, c: torch.Tensor) -> float:
     from ebm_fast.train import _sampling_mode
 
     with _sampling_mode(tr.model, cache_weights=True):
+        sync()
         t = time.perf_counter()
         for _ in range(tr.config.langevin_steps):
             xg = x.detach().requires_grad_(True)
             torch.autograd.grad(tr.model(xg, c).sum(), xg)
+        sync()
         return time.perf_counter() - t
 
 
@@ -139,7 +145,7 @@ def measure(case: str, rounds: int = 5, threads: int | None = None) -> dict:
     return {
         "case": case, "model": model, "resolution": res, "batch": batch, "steps": steps, "compile": compiled,
         "warmup_s": warmup_s,
-        "threads": torch.get_num_threads(), "device": "cpu", "dtype": "float32", "rounds": rounds,
+        "threads": torch.get_num_threads(), "device": device_name(tr.device), "dtype": "float32", "rounds": rounds,
         "ours_s": med(ours, 0), "ours_sample_s": med(ours, 1), "ours_update_s": med(ours, 2),
         "ref_s": med(theirs, 0), "ref_sample_s": med(theirs, 1), "ref_update_s": med(theirs, 2),
         "speedup": med(theirs, 0) / med(ours, 0), "floor_sample_s": statistics.median(floor),
@@ -159,7 +165,7 @@ def test_bench_train_iteration(benchmark, case):
         ref = ReferenceIteration(tr)
         times = timed({"ebm_fast": tr.step, "reference": ref.step}, rounds=7)
         benchmark.pedantic(tr.step, rounds=3, warmup_rounds=0)
-    benchmark.extra_info.update({"device": device_name("cpu"), "dtype": "float32", "shape": [batch, 3, res, res],
+    benchmark.extra_info.update({"device": device_name(tr.device), "dtype": "float32", "shape": [batch, 3, res, res],
                                  "model": model, "steps": steps, "compile": compiled, "first_iteration_s": warmup_s,
                                  "threads": torch.get_num_threads(), "torch": torch.__version__,
                                  "ref_s": times["reference"], "ours_s": times["ebm_fast"],

@@ -7,10 +7,11 @@ from typing import Callable
 
 import torch
 
-__all__ = ["timed"]
+__all__ = ["timed", "sync"]
 
 
-def _sync() -> None:
+def sync() -> None:
+    """Wait for queued GPU work (a no-op without CUDA), so a host clock reads finished work."""
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.synchronize()
 
@@ -24,15 +25,15 @@ def timed(variants: dict[str, Callable[[], object]], rounds: int) -> dict[str, f
     """
     for fn in variants.values():
         fn()
-    _sync()
+    sync()
     names = list(variants)
     samples: dict[str, list[float]] = {n: [] for n in names}
     for r in range(rounds):
         order = names[r % len(names):] + names[:r % len(names)]
         for n in order:
-            _sync()
+            sync()
             t0 = time.perf_counter()
             variants[n]()
-            _sync()
+            sync()
             samples[n].append(time.perf_counter() - t0)
     return {n: min(v) for n, v in samples.items()}

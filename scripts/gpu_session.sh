@@ -53,6 +53,10 @@ fi
 if has bench; then
   run 200 bench_langevin_step $PY -m pytest benchmarks/bench_langevin_step.py -k cuda --benchmark-only \
     -p no:cacheprovider --benchmark-json="$OUT/langevin_step_gpu.json" --benchmark-columns=median,rounds
+  run 200 bench_infer $PY -m pytest benchmarks/bench_infer.py --benchmark-only -p no:cacheprovider \
+    --benchmark-json="$OUT/infer_gpu.json" --benchmark-columns=median,rounds
+  run 300 bench_train $PY -m pytest benchmarks/bench_train.py --benchmark-only -p no:cacheprovider \
+    --benchmark-json="$OUT/train_gpu.json" --benchmark-columns=median,rounds
   EBM_FAST_BENCH_COMPILE=${EBM_FAST_BENCH_COMPILE:-0} run 300 bench_sampler $PY -m pytest benchmarks/bench_sampler.py --benchmark-only -p no:cacheprovider \
     --benchmark-json="$OUT/sampler_gpu.json" --benchmark-columns=median,rounds
 fi
