@@ -317,7 +317,8 @@ class Scale(Expr):
         return f"{self.scale:g}*{self.term._repr()}"
 
 
-def balance_disjunctions(expr: Expr, x: Tensor, settle: Callable[[Expr, Tensor], Tensor] | None = None) -> Expr:
+def balance_disjunctions(expr: Expr, x: Tensor, settle: Callable[[Expr, Tensor], Tensor] | None = None,
+                         strength: float = 1.0) -> Expr:
     """A copy of ``expr`` in which every :class:`Or` weighs its terms equally at ``x``, or with
     ``settle`` at their own modes.
 
@@ -329,7 +330,9 @@ def balance_disjunctions(expr: Expr, x: Tensor, settle: Callable[[Expr, Tensor],
     term ``j``'s energy at ``settle(term_j, x)``: ``x`` moved towards that term's own modes, for
     example by a short chain of the term alone (what the sampling tools do). Terms that differ by a
     constant then get equal mixture weights; the caller's ``log_weights`` still apply on top.
-    Without ``settle`` the energies are taken at ``x`` itself. Nested disjunctions are balanced too.
+    Without ``settle`` the energies are taken at ``x`` itself. ``strength`` scales the correction
+    (0: none, 1: the whole gap; docs/sampling.md has what fractions of it did on the paper's
+    disjunction). Nested disjunctions are balanced too.
     Nodes above a disjunction are copied, subtrees without one are returned as they are, and
     ``expr`` is not modified.
 
@@ -337,11 +340,14 @@ def balance_disjunctions(expr: Expr, x: Tensor, settle: Callable[[Expr, Tensor],
         expr: the expression (leaves with per-sample conditions need ``x``'s batch size).
         x: ``(B, ...)`` images, usually the chains' starting images.
         settle: ``settle(term, x) -> x'`` of ``x``'s shape, or None.
+        strength: the fraction of the correction applied.
 
     Raises:
-        ValueError: if a term's energy there is not finite.
+        ValueError: if a term's energy there is not finite, or ``strength`` is not finite.
     """
-    return _map_nodes(_as_expr(expr), Or, lambda e, kids: _level_disjunction(e, kids, x, settle))
+    if not math.isfinite(strength):
+        raise ValueError(f"balance_disjunctions: strength must be finite, got {strength!r}")
+    return _map_nodes(_as_expr(expr), Or, lambda e, kids: _level_disjunction(e, kids, x, settle, strength))
 
 
 def balance_conjunctions(expr: Expr, x: Tensor) -> Expr:
@@ -379,7 +385,7 @@ def _map_nodes(e: Expr, kind: type, rebuild: Callable[[Expr, tuple], Expr]) -> E
     return e if all(k is c for k, c in zip(kids, e.children())) else e._with_children(kids)
 
 
-def _level_disjunction(e: "Or", kids: tuple, x: Tensor, settle) -> "Or":
+def _level_disjunction(e: "Or", kids: tuple, x: Tensor, settle, strength: float = 1.0) -> "Or":
     med = []
     for j, term in enumerate(kids):
         at = x if settle is None else settle(term, x)
@@ -389,7 +395,7 @@ def _level_disjunction(e: "Or", kids: tuple, x: Tensor, settle) -> "Or":
             raise ValueError(f"balance_disjunctions: term {j} of {e._repr()} has non-finite energies")
         med.append(float(energies.double().median()))
     mean = sum(med) / len(med)
-    beta = [b + (m - mean) / e.temperature for b, m in zip(e.log_weights, med)]
+    beta = [b + strength * (m - mean) / e.temperature for b, m in zip(e.log_weights, med)]
     return Or(*kids, temperature=e.temperature, log_weights=beta)
 
 

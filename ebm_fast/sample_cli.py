@@ -12,6 +12,7 @@ gradient clip 0.01, the released code's ``noise_first`` order). Chains start fro
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -38,8 +39,9 @@ class ChainSettings:
     training resolution), ``batch_size`` (chains sampled at once), ``balance_and`` (scale every
     conjunction's terms to the weakest one's gradient at the starting noise,
     :func:`ebm_fast.compose.balance_conjunctions`), ``balance_or`` (give every disjunction's terms
-    equal weight at their own modes, :func:`ebm_fast.compose.balance_disjunctions`) and
-    ``balance_steps`` (the length of the chain of each term alone that finds those modes)."""
+    equal weight at their own modes, :func:`ebm_fast.compose.balance_disjunctions`),
+    ``balance_strength`` (the fraction of that correction applied) and ``balance_steps`` (the length
+    of the chain of each term alone that finds those modes)."""
 
     steps: int = _TRAIN.langevin_steps
     step_size: float = _TRAIN.step_size
@@ -51,11 +53,14 @@ class ChainSettings:
     batch_size: int = 128
     balance_and: bool = False
     balance_or: bool = False
+    balance_strength: float = 1.0
     balance_steps: int = 100
 
     def __post_init__(self) -> None:
         if not isinstance(self.steps, int) or self.steps < 0:
             raise ValueError(f"steps: expected an integer >= 0, got {self.steps!r}")
+        if not math.isfinite(self.balance_strength):
+            raise ValueError(f"balance_strength: expected a finite number, got {self.balance_strength!r}")
         if not isinstance(self.balance_steps, int) or self.balance_steps < 0:
             raise ValueError(f"balance_steps: expected an integer >= 0, got {self.balance_steps!r}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
@@ -108,7 +113,8 @@ def sample_images(expr: Expr, n: int, settings: ChainSettings, resolution: int, 
     if settings.balance_and:
         expr = balance_conjunctions(expr, x0)
     if settings.balance_or:
-        expr = balance_disjunctions(expr, x0, settle=lambda term, x: chain(term, x, settings.balance_steps))
+        expr = balance_disjunctions(expr, x0, settle=lambda term, x: chain(term, x, settings.balance_steps),
+                                    strength=settings.balance_strength)
     x = chain(expr, x0, settings.steps)
     return x.detach().float().clamp(0.0, 1.0).cpu()
 
@@ -182,6 +188,9 @@ def add_chain_args(p: argparse.ArgumentParser) -> None:
                    help="give the terms of every disjunction equal weight at their own modes (log weights from "
                         "their median energies after a short chain of each term alone; default off: the plain "
                         "log-sum-exp; see docs/sampling.md)")
+    p.add_argument("--balance-strength", type=float, default=d.balance_strength,
+                   help=f"the fraction of --balance-or's correction applied (default {d.balance_strength:g}; "
+                        "docs/sampling.md has measured fractions)")
     p.add_argument("--balance-steps", type=int, default=d.balance_steps,
                    help=f"steps of those per-term chains (default {d.balance_steps})")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -204,7 +213,7 @@ def settings_from_args(args: argparse.Namespace, concepts: Mapping | None = None
     given = {k: getattr(args, k) for k in CHAIN_FIELDS if hasattr(args, k)}
     return chain_settings_of(concepts, **given, backend=args.backend, resolution=args.res,
                              batch_size=args.batch_size, balance_and=args.balance_and,
-                             balance_or=args.balance_or,
+                             balance_or=args.balance_or, balance_strength=args.balance_strength,
                              balance_steps=args.balance_steps)
 
 

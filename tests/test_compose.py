@@ -311,3 +311,18 @@ def test_conjunction_balancing_rejects_bad_gradients():
         ef.balance_conjunctions(nan & good, x)
     with pytest.raises(ValueError, match="zero gradient"):
         ef.balance_conjunctions(good & flat, x)
+
+
+def test_disjunction_strength_scales_the_correction():
+    gap, temperature = float(torch.rand(()) + 0.5), float(torch.rand(()) * 0.5 + 0.1)
+    a = torch.randn(2, dtype=torch.float64)
+    plain = ef.Or(ef.Concept(Shifted(0.0), a), ef.Concept(Shifted(gap), -a), temperature=temperature,
+                  log_weights=[0.3, -0.1])
+    x = torch.randn(32, 2, dtype=torch.float64)
+    full = ef.balance_disjunctions(plain, x)
+    for s in (0.0, 0.5, float(torch.rand(())) * 2):
+        part = ef.balance_disjunctions(plain, x, strength=s)
+        assert part.log_weights == pytest.approx([b + s * (f - b) for b, f in zip(plain.log_weights, full.log_weights)],
+                                                 rel=1e-9, abs=1e-12)
+    with pytest.raises(ValueError, match="strength"):
+        ef.balance_disjunctions(plain, x, strength=float("nan"))

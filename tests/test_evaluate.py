@@ -188,6 +188,12 @@ def test_sampling_tools_balance_disjunctions_at_each_terms_modes(concepts, monke
     sample_images(e, 5, ChainSettings(steps=3, balance_or=False), 32, seed)
     assert len(calls) == 1 and calls[0][0] is e and torch.equal(calls[0][1], x0)
     assert SC.balance_disjunctions is ef.balance_disjunctions
+    calls.clear()
+    sample_images(e, 5, ChainSettings(steps=3, balance_or=True, balance_steps=7, balance_strength=0.25), 32, seed)
+    assert calls[2][0].log_weights == pytest.approx([0.25 * b for b in bal.log_weights], rel=1e-6)
+    assert settings_from_args(p.parse_args(["--balance-strength", "0.5"]), concepts).balance_strength == 0.5
+    with pytest.raises(ValueError, match="balance_strength"):
+        ChainSettings(balance_strength=float("inf"))
 
 
 def test_disjunction_fractions_on_constructed_positions():
