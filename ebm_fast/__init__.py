@@ -20,8 +20,8 @@ from . import ops
 from .compose import And, Concept, Expr, Not, Or, Scale, balance_conjunctions, balance_disjunctions
 from .version import __version__
 
-__all__ = ["Concept", "Expr", "And", "Or", "Not", "Scale", "balance_disjunctions", "balance_conjunctions", "ops", "sample", "langevin", "ReplayBuffer",
-           "__version__"]
+__all__ = ["Concept", "Expr", "And", "Or", "Not", "Scale", "balance_disjunctions", "balance_conjunctions", "ops",
+           "sample", "langevin", "ReplayBuffer", "__version__"]
 
 # Names whose modules import heavier parts (models, training, data) load on first use.
 _LAZY = {

@@ -19,7 +19,8 @@ a training loop keeps replaying the same graph and sees the new weights; re-allo
 references to their models; :func:`clear_cache` drops them, :func:`set_cache_size` bounds them (LRU).
 
 If a capture fails (an op that syncs with the host, a CPU fallback inside the model, ...), the
-sampler warns once per key with the reason (the op that broke the capture, not CUDA's follow-up
+sampler warns once per key with the reason (the first exception of the failure's chain, which
+names the op that broke the capture where torch raised one, rather than capture_end's follow-up
 error) and runs that chain eagerly; the device's default generator is taken out of capture mode, so
 ``torch.rand`` and dropout keep working afterwards (measured on an H100: without that, every later
 random op on the device raised).

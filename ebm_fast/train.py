@@ -470,7 +470,8 @@ class Trainer:
         # checkpointed.
         rank_seed = config.seed * 1_000_003 + self.rank
         self.gen = torch.Generator(device="cpu").manual_seed(rank_seed)
-        self.replay_gen = torch.Generator(device=self.device).manual_seed(rank_seed + 7919)
+        self._replay_seed = rank_seed + 7919
+        self.replay_gen = torch.Generator(device=self.device).manual_seed(self._replay_seed)
         torch.manual_seed(rank_seed)
         np.random.seed(rank_seed % 2**32)  # unused here; seeded so user hooks are repeatable too
         random.seed(rank_seed)
@@ -699,7 +700,7 @@ class Trainer:
             warnings.warn(f"checkpoint's replay generator state is of another device kind (the run moved to "
                           f"{self.device.type}): replay draws restart from the run's seed at step {self.step_count}",
                           RuntimeWarning, stacklevel=2)
-            self.replay_gen.manual_seed(self.config.seed * 1_000_003 + self.rank + 7919 + self.step_count)
+            self.replay_gen.manual_seed(self._replay_seed + self.step_count)
 
     def _init_from(self, model: nn.Module, path: str) -> None:
         """Copy the weights of the model or checkpoint at ``path`` into ``model``. A source that reads
