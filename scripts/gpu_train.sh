@@ -7,7 +7,7 @@
 # device tool, run: command "bash scripts/gpu_train.sh train 8 color position",
 #                   carry ["gpu_carry", "data_cache"]      (several runs share the GPU, one process each)
 #   mv ../runs_hold runs
-#   bash scripts/gpu_train.sh unpack /work/.device/N      # the runs' new checkpoints and logs into runs/
+#   bash scripts/gpu_train.sh unpack /work/.device/N      # new checkpoints and logs into runs/ (never over a newer one)
 #
 # `train MINUTES RUN...` (on the device) trains each run with --device cuda --resume --max-minutes, so
 # each stops at a checkpoint within MINUTES plus one checkpoint interval, and writes one
@@ -76,7 +76,19 @@ case "$cmd" in
     ;;
   unpack)
     src=${1:?unpack: the folder where the device call put its files}
-    for t in "$src"/*.tgz; do tar xzf "$t"; echo "unpacked $t"; done
+    step() { .venv/bin/python -c 'import sys; from ebm_fast.checkpoint import load_checkpoint_file as f; print(f(sys.argv[1])["step"])' "$1"; }
+    for t in "$src"/*.tgz; do
+      ckpt=$(tar tzf "$t" | grep '/ckpt/last.pt$' || true)
+      if [ -n "$ckpt" ] && [ -f "$ckpt" ] && [ -z "${FORCE:-}" ]; then  # never replace a newer local checkpoint
+        tmp=$(mktemp -d); tar xzf "$t" -C "$tmp" "$ckpt"
+        new=$(step "$tmp/$ckpt"); old=$(step "$ckpt"); rm -rf "$tmp"
+        if [ "$new" -le "$old" ]; then
+          echo "skipped $t: its checkpoint (step $new) is not newer than $ckpt (step $old); FORCE=1 overrides"
+          continue
+        fi
+      fi
+      tar xzf "$t"; echo "unpacked $t into $(dirname "$(dirname "$ckpt")")"
+    done
     ;;
   *) sed -n '2,17p' "$0"; exit 2 ;;
 esac
