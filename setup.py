@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from setuptools import Extension, find_packages, setup
+from setuptools import Extension, find_namespace_packages, find_packages, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
@@ -66,11 +66,15 @@ class CMakeBuild(build_ext):
         subprocess.run([cmake, "--build", str(build_temp), "-j", jobs], check=True)
 
 
+# The shipped weights (judges, concepts) live in folders without __init__.py: listed as namespace
+# packages of their own, each with its *.pt files.
+ASSETS = find_namespace_packages(include=["ebm_fast.assets", "ebm_fast.assets.*"])
+
 setup(
-    packages=find_packages(include=["ebm_fast", "ebm_fast.*"])
+    packages=find_packages(include=["ebm_fast", "ebm_fast.*"]) + ASSETS
     + ["ebm_fast.kernels"] + [f"ebm_fast.kernels.{p}" for p in find_packages("kernels")],
     package_dir={"ebm_fast.kernels": "kernels"},
-    package_data={"ebm_fast": ["assets/*.pt", "assets/*.json", "assets/concepts/*.pt", "assets/concepts/continual/*.pt"]},
+    package_data={p: ["*.pt"] for p in ASSETS},
     ext_modules=[Extension("ebm_fast._C", sources=[])],
     cmdclass={"build_ext": CMakeBuild},
     zip_safe=False,

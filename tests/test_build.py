@@ -154,6 +154,8 @@ def test_wheel_imports_where_no_compiler_is_on_path(tmp_path):
         zf.extractall(tmp_path / "unpacked")
     assert any(n.startswith("ebm_fast/_C") and n.endswith(".so") for n in names), names
     assert "ebm_fast/kernels/__init__.py" in names
+    shipped = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "ebm_fast" / "assets").rglob("*.pt"))
+    assert shipped and all(name in names for name in shipped), (shipped, names)  # judges and concepts
     assert not any(n.startswith(("tests/", "benchmarks/", "csrc/", "kernels/")) for n in names)
     bare_path = str(tmp_path / "bin")
     os.mkdir(bare_path)
