@@ -371,7 +371,7 @@ def balance_conjunctions(expr: Expr, x: Tensor) -> Expr:
         x: ``(B, ...)`` images, usually the chains' starting images.
 
     Raises:
-        ValueError: if a term's gradient there is not finite or is zero for the whole batch.
+        ValueError: if a term's gradient there is not finite, or its median norm is zero.
     """
     return _map_nodes(_as_expr(expr), And, lambda e, kids: _level_conjunction(e, kids, x))
 
@@ -380,8 +380,11 @@ def _map_nodes(e: Expr, kind: type, rebuild: Callable[[Expr, tuple], Expr]) -> E
     """``e`` with every node of type ``kind`` replaced by ``rebuild(node, new_children)``, bottom-up;
     a subtree with no such node stays the same object (and program)."""
     kids = tuple(_map_nodes(c, kind, rebuild) for c in e.children())
-    if isinstance(e, kind):
-        return rebuild(e, kids)
+    return rebuild(e, kids) if isinstance(e, kind) else _over(e, kids)
+
+
+def _over(e: Expr, kids: tuple) -> Expr:
+    """``e`` over ``kids``: ``e`` itself when they are its own children, else a copy."""
     return e if all(k is c for k, c in zip(kids, e.children())) else e._with_children(kids)
 
 
@@ -400,9 +403,10 @@ def _level_disjunction(e: "Or", kids: tuple, x: Tensor, settle, strength: float 
 
 
 def _level_conjunction(e: "And", kids: tuple, x: Tensor) -> "And":
-    pulling = [j for j, (t, c) in enumerate(zip(kids, e.coefs)) if c > 0 and any(s > 0 for s in t.program.leaf_signs)]
+    pulling = [j for j, (t, c) in enumerate(zip(kids, e.coefs))
+               if c > 0 and any(s > 0 for s in t.program.leaf_signs)]
     if len(pulling) < 2:
-        return e if all(k is c for k, c in zip(kids, e.children())) else e._with_children(kids)
+        return _over(e, kids)
     norms = {}
     for j in pulling:
         xg = x.detach().requires_grad_(True)
