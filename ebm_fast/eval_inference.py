@@ -41,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from .data import scenes
+from .eval_two_objects import two_object_maps
 from .infer import energy_map, energy_map_image, grid_energies, infer_grid, position_grid, refine
 from .models import EnergyResNet, build_model, model_from_config
 
@@ -424,15 +425,17 @@ def _table_markdown(table: dict[str, dict[str, float]]) -> str:
 
 
 def write_report(out, table: dict[str, dict[str, float]], curve: dict[str, list[float]] | None,
-                 meta: dict) -> Path:
+                 meta: dict, two_objects: dict | None = None) -> Path:
     """Write ``out/report.md``, ``out/results.json`` and (with ``curve``) ``out/fig11_views.png``;
-    returns the report's path."""
+    with ``two_objects`` (:func:`ebm_fast.eval_two_objects.evaluate_two_objects`' result) a Fig. 12
+    section, whose figure ``out/fig12_two_objects.png`` the caller writes. Returns the report's path."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    md = ["# Concept inference: Table 3 and Fig. 11", "",
-          "Mean absolute position error, averaged over images and both coordinates, in the dataset's "
-          "normalised coordinates [-1, 1] (1 unit = 0.75 m). The paper's numbers are in its own unit; "
-          "compare ratios, not values.", "", _table_markdown(table), ""]
+    md = ["# Concept inference: Table 3 and Figs. 11-12", ""]
+    if any(table.values()):
+        md += ["Mean absolute position error, averaged over images and both coordinates, in the dataset's "
+               "normalised coordinates [-1, 1] (1 unit = 0.75 m). The paper's numbers are in its own unit; "
+               "compare ratios, not values.", "", _table_markdown(table), ""]
     if "EBM" in table and "ResNet" in table:
         e, r = table["EBM"], table["ResNet"]
         if "shifted_mean" in e and r.get("shifted_mean"):
@@ -452,10 +455,16 @@ def write_report(out, table: dict[str, dict[str, float]], curve: dict[str, list[
             if k != "views":
                 md.append(f"| {k} | " + " | ".join(f"{y:.4f}" for y in ys) + " |")
         md.append("")
+    fig12 = None
+    if two_objects is not None:
+        from .eval_two_objects import summary_markdown
+
+        md += summary_markdown(two_objects, "fig12_two_objects.png")
+        fig12 = {k: v for k, v in two_objects.items() if k != "maps"}
     md += ["## Run", "", "```", json.dumps(meta, indent=1, sort_keys=True), "```", ""]
     path = out / "report.md"
     path.write_text("\n".join(md))
-    (out / "results.json").write_text(json.dumps({"table3": table, "fig11": curve, "meta": meta,
+    (out / "results.json").write_text(json.dumps({"table3": table, "fig11": curve, "fig12": fig12, "meta": meta,
                                                   "paper": PAPER_TABLE3}, indent=1, sort_keys=True))
     return path
 
@@ -475,10 +484,12 @@ def _eval_parser() -> argparse.ArgumentParser:
                    help="registered architecture for the regressor (default: the EBM's; small32 without --ebm)")
     p.add_argument("--export-train", metavar="PATH",
                    help="write the training split as an .npz for `ebm-fast train --data PATH --cond position`")
-    p.add_argument("--n", type=int, default=500, help="images per test set (default 500)")
+    p.add_argument("--n", type=int, default=500, help="images per test set (default 500; 0: skip Table 3)")
     p.add_argument("--n-train", type=int, default=10000, help="training images (default 10000)")
-    p.add_argument("--concepts", type=int, default=100, help="Fig. 11: position groups (default 100)")
+    p.add_argument("--concepts", type=int, default=100, help="Fig. 11: position groups (default 100; 0: skip Fig. 11)")
     p.add_argument("--views", type=int, default=8, help="Fig. 11: observations per group (default 8)")
+    p.add_argument("--two-objects", type=int, default=100, metavar="N",
+                   help="Fig. 12: energy maps of N two-object scenes and of each object alone (default 100; 0: skip)")
     p.add_argument("--resolution", type=int, default=None, help="default: the EBM's, else 32")
     p.add_argument("--grid", type=int, default=32, help="position grid per axis (default 32)")
     p.add_argument("--refine-steps", type=int, default=0, help="gradient steps after the grid (default 0)")
@@ -512,7 +523,10 @@ def cli_main(argv: list[str] | None = None) -> int:
     resolution = a.resolution or (ebm.config.get("resolution") if ebm is not None else None) or 32
     if a.resolution is None and resolution not in scenes.RESOLUTIONS:
         resolution = 32  # e.g. the 16x16 `tiny` model: the global pool makes it run on any size
-    splits = table3_splits(a.n_train, a.n, resolution, a.seed)
+    for flag, value in (("--n", a.n), ("--concepts", a.concepts), ("--two-objects", a.two_objects)):
+        if value < 0:
+            raise SystemExit(f"{flag}: expected a count >= 0, got {value}")
+    splits = table3_splits(a.n_train, a.n or 1, resolution, a.seed)
     load = lambda s: render_split(s, a.renderer, a.cache_dir, progress=False)  # noqa: E731
     if a.export_train:
         images, labels = load(splits["train"])
@@ -538,27 +552,36 @@ def cli_main(argv: list[str] | None = None) -> int:
         save_regressor(out / "regressor.pt", regressor, {"split": splits["train"].to_dict(),
                                                          "steps": a.regressor_steps})
     sets = {}
-    for name in SET_NAMES:
+    for name in SET_NAMES if a.n else ():
         images, labels = load(splits[name])
         sets[name] = (_as_float_images(images), torch.from_numpy(labels["pos"]))
     table = evaluate_table3(sets, ebm, regressor, grid=a.grid, refine_steps=a.refine_steps, compile=a.compile)
     curve = None
-    if ebm is not None:
+    if ebm is not None and a.concepts:
         mv = multiview_split(a.concepts, a.views, resolution, a.seed + 100)
         images, labels = load(mv)
         x = _as_float_images(images).view(a.concepts, a.views, 3, resolution, resolution)
         curve = error_vs_views(ebm, x, torch.from_numpy(labels["pos"][::a.views]), grid=a.grid,
                                refine_steps=a.refine_steps, regressor=regressor, compile=a.compile)
+    two = None
+    if ebm is not None and a.two_objects > 0:
+        two = two_object_maps(ebm, a.two_objects, resolution, grid=a.grid, renderer=a.renderer, seed=a.seed + 200,
+                              figure=out / "fig12_two_objects.png")
     meta = {"command": "ebm-fast eval inference " + " ".join(argv if argv is not None else sys.argv[1:]),
             "device": f"cpu x{torch.get_num_threads()} threads", "torch": torch.__version__,
             "ebm": a.ebm, "ebm_meta": ebm_meta, "regressor": a.regressor or ("trained" if regressor else None),
             "splits": {k: v.to_dict() for k, v in splits.items()}, "grid": a.grid,
             "refine_steps": a.refine_steps, "compile": a.compile, "renderer": scenes.resolve_renderer(a.renderer),
             "seconds": round(time.perf_counter() - t0, 1)}
-    path = write_report(out, table, curve, meta)
-    print(_table_markdown(table))
+    path = write_report(out, table, curve, meta, two)
+    if any(table.values()):
+        print(_table_markdown(table))
     if curve is not None:
         print("Fig. 11 (EBM):", " ".join(f"{n}:{e:.4f}" for n, e in zip(curve["views"], curve["EBM"])))
+    if two is not None:
+        print(f"Fig. 12 (EBM, {two['n']} two-object scenes): both objects at the two deepest minima "
+              f"{two['both_found']:.3f}, the deepest at one {two['one_found']:.3f}; correlation with the sum of "
+              f"the one-object maps {two['corr_sum']:.3f} (with one alone {two['corr_single']:.3f})")
     print(f"wrote {path}")
     return 0
 

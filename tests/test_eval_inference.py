@@ -201,7 +201,7 @@ def test_eval_cli_end_to_end_with_tiny_models(tmp_path, capsys):
             "--n-train", "12", "--concepts", "2", "--views", "3", "--grid", "5", "--refine-steps", "2",
             "--renderer", "numpy",
             "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out"),
-            "--export-train", str(tmp_path / "train.npz"), "--seed", str(_seed() % 1000)]
+            "--export-train", str(tmp_path / "train.npz"), "--seed", str(_seed() % 1000), "--two-objects", "3"]
     assert ei.cli_main(argv) == 0
     res = json.loads((tmp_path / "out" / "results.json").read_text())
     for model in ("EBM", "ResNet"):
@@ -209,11 +209,14 @@ def test_eval_cli_end_to_end_with_tiny_models(tmp_path, capsys):
         assert all(math.isfinite(x) and 0 <= x <= 2 for x in res["table3"][model].values())
     assert len(res["fig11"]["EBM"]) == 3 and all(math.isfinite(x) for x in res["fig11"]["EBM"])
     report = (tmp_path / "out" / "report.md").read_text()
-    assert "normalised" in report and "2.917" in report and "10.643" in report
+    assert "normalised" in report and "2.917" in report and "10.643" in report and "Fig. 12" in report
+    assert res["fig12"]["n"] == 3 and 0 <= res["fig12"]["both_found"] <= 1 and "maps" not in res["fig12"]
     from PIL import Image
 
     with Image.open(tmp_path / "out" / "fig11_views.png") as im:
         assert im.size == (480, 320)
+    with Image.open(tmp_path / "out" / "fig12_two_objects.png") as im:
+        assert im.size[1] > 3 * 5 * 3  # three scenes, one row each
     # the exported training split loads as training data with a 2-d position label
     from ebm_fast.train import TrainConfig, load_data
 
@@ -221,6 +224,14 @@ def test_eval_cli_end_to_end_with_tiny_models(tmp_path, capsys):
     assert data.attribute("position")[1:] == ("continuous", 2) and len(data) == 12
     # and the regressor it saved is reusable
     assert ei.cli_main(argv[:2] + ["--regressor", str(tmp_path / "out" / "regressor.pt")] + argv[5:]) == 0
+    # Fig. 12 alone: --n 0 and --concepts 0 skip Table 3 and Fig. 11
+    assert ei.cli_main(["--ebm", str(tmp_path / "ebm.pt"), "--n", "0", "--concepts", "0", "--two-objects", "2",
+                        "--grid", "5", "--renderer", "numpy", "--out", str(tmp_path / "fig12")]) == 0
+    res = json.loads((tmp_path / "fig12" / "results.json").read_text())
+    assert res["table3"] == {"EBM": {}} and res["fig11"] is None and res["fig12"]["n"] == 2
+    assert "Fig. 12" in (tmp_path / "fig12" / "report.md").read_text()
+    with pytest.raises(SystemExit, match="--two-objects"):
+        ei.cli_main(["--ebm", str(tmp_path / "ebm.pt"), "--two-objects", "-1", "--out", str(tmp_path / "bad")])
 
 
 def test_infer_cli_prints_the_grid_argmin(tmp_path, capsys):
