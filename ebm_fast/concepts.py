@@ -35,7 +35,7 @@ from .data.scenes import COLOR_NAMES, SHAPE_ALIASES, SHAPES
 
 __all__ = ["ATTRIBUTES", "ALIASES", "default_concepts_dir", "canonical_attribute", "concept_paths",
            "load_concepts", "class_names", "encode_condition", "encode_conditions", "make_concept",
-           "train_command"]
+           "train_command", "generation_caveat"]
 
 ATTRIBUTES: tuple[str, ...] = ("position", "color", "shape", "size")
 ALIASES = {"pos": "position", "colour": "color"}
@@ -88,6 +88,13 @@ POSITION_FLAGS = "--coords --cond-jitter 0.1"
 def recipe_flags(attribute: str) -> str:
     """The recipe's flags for a concept of ``attribute`` (positions also get :data:`POSITION_FLAGS`)."""
     return f"{RECIPE_FLAGS} {POSITION_FLAGS}" if canonical_attribute(attribute) == "position" else RECIPE_FLAGS
+
+
+def generation_caveat(meta: Mapping | None) -> str | None:
+    """What a concept's model file says its samples do not show (``meta["generation"]["caveat"]``), or
+    None. The shipped shape concept has one: it recognises shape but does not draw it."""
+    caveat = ((meta or {}).get("generation") or {}).get("caveat")
+    return str(caveat) if caveat else None
 
 
 def train_command(attribute: str, out: str | Path | None = None) -> str:

@@ -28,7 +28,7 @@ from .sample_cli import ChainSettings, concepts_resolution, sample_images
 
 __all__ = ["ATTRIBUTES", "DEMO_ROWS", "concepts_present", "run"]
 
-ATTRIBUTES = ("position", "color")  # no shape concept is shipped yet (docs/training.md, "What is shipped")
+ATTRIBUTES = ("position", "color")  # the shipped shape concept does not draw shapes (docs/training.md, "What is shipped")
 TIMED_STEPS = 60  # steps of the AND chain timed against the released-code loop
 NESTED = Row("nested_disj_pos_color", "Conj(Disj(Position 1, Position 2), Color)", 1,
              (Term("position", box=LOWER_LEFT, label="position 1", either=True),

@@ -219,7 +219,7 @@ def settings_from_args(args: argparse.Namespace, concepts: Mapping | None = None
 
 def sample_cli_main(argv: list[str] | None = None) -> int:
     """``ebm-fast sample "EXPR" --n 16 --out grid.png [--concepts DIR] [--steps ...] [--seed ...]``."""
-    from .concepts import load_concepts
+    from .concepts import generation_caveat, load_concepts
     from .data.scenes import save_image_grid
     from .expr_parser import parse, parse_expr, tree_attributes
 
@@ -243,6 +243,10 @@ def sample_cli_main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    for attribute, (_, meta) in concepts.items():
+        caveat = generation_caveat(meta)
+        if caveat:
+            print(f"note: the {attribute} concept {caveat}", file=sys.stderr)
     res = settings.resolution or concepts_resolution(concepts)
     t0 = time.perf_counter()
     chunks = [sample_images(expr, min(settings.batch_size, args.n - i), settings, res, args.seed + i)
