@@ -2,8 +2,9 @@
 # One call on a lent CUDA machine: build and install the package (`pip install --no-build-isolation .`),
 # run the CUDA tests, then the GPU benchmarks, writing logs and pytest-benchmark JSON under $OUT.
 #
-#   OUT=/tmp/gpu bash scripts/gpu_session.sh [build] [editable] [tests] [bench] [sanitize] [suite]
-#   (default: all but editable, which build includes; editable alone skips the wheel install)
+#   OUT=/tmp/gpu bash scripts/gpu_session.sh [build] [editable] [tests] [bench] [sanitize] [suite] [demo]
+#   (default: all but editable, which build includes, and demo; editable alone skips the wheel install;
+#   demo runs the main job, `ebm-fast demo`, on the GPU and keeps its report and grids in $OUT/demo)
 #
 # Every stage runs under its own time limit and the script goes on after a failing stage, so one call
 # returns as much as it can. The installed extension is also copied next to the in-tree package, so the
@@ -66,5 +67,8 @@ if has sanitize; then
 fi
 if has suite; then
   run 300 suite $PY -m pytest -m "not slow" tests/ -p no:cacheprovider -q -rf  # ~3.5-4 min there
+fi
+if has demo; then
+  run 300 demo bash -c "time $PY -m ebm_fast.cli demo --out '$OUT/demo'"
 fi
 say "done"
