@@ -1,4 +1,5 @@
-"""The paper's concept-inference evaluation (Table 3, Fig. 11) and the ``ebm-fast infer`` command.
+"""The paper's concept-inference evaluation (Table 3, Fig. 11) and the ``ebm-fast infer`` command
+(Fig. 12, two objects in one scene, is :mod:`ebm_fast.eval_two_objects`; ``--two-objects`` runs it here).
 
 Table 3 asks: a position EBM trained on one-object scenes (sphere or box, some colours, varying light
 and size) infers the object's position ``argmin_c E(x | c)``; how far off is it on the training
@@ -41,7 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from .data import scenes
-from .eval_two_objects import two_object_maps
+from .eval_two_objects import summary_markdown, two_object_maps
 from .infer import energy_map, energy_map_image, grid_energies, infer_grid, position_grid, refine
 from .models import EnergyResNet, build_model, model_from_config
 
@@ -457,8 +458,6 @@ def write_report(out, table: dict[str, dict[str, float]], curve: dict[str, list[
         md.append("")
     fig12 = None
     if two_objects is not None:
-        from .eval_two_objects import summary_markdown
-
         md += summary_markdown(two_objects, "fig12_two_objects.png")
         fig12 = {k: v for k, v in two_objects.items() if k != "maps"}
     md += ["## Run", "", "```", json.dumps(meta, indent=1, sort_keys=True), "```", ""]
@@ -570,7 +569,7 @@ def cli_main(argv: list[str] | None = None) -> int:
     meta = {"command": "ebm-fast eval inference " + " ".join(argv if argv is not None else sys.argv[1:]),
             "device": f"cpu x{torch.get_num_threads()} threads", "torch": torch.__version__,
             "ebm": a.ebm, "ebm_meta": ebm_meta, "regressor": a.regressor or ("trained" if regressor else None),
-            "splits": {k: v.to_dict() for k, v in splits.items()}, "grid": a.grid,
+            "splits": {k: v.to_dict() for k, v in splits.items() if a.n or k == "train"}, "grid": a.grid,
             "refine_steps": a.refine_steps, "compile": a.compile, "renderer": scenes.resolve_renderer(a.renderer),
             "seconds": round(time.perf_counter() - t0, 1)}
     path = write_report(out, table, curve, meta, two)
