@@ -40,7 +40,7 @@ case "$cmd" in
       # render (or find) the run's data now: the device has no MuJoCo
       # shellcheck disable=SC2086
       $PY -c 'import sys; from ebm_fast.train import config_from_args, load_data; load_data(config_from_args(sys.argv[1:]))' \
-        $DATA $(recipe "$ATTR") $init --out "$RUN_OUT" --resume
+        $DATA $(recipe "$ATTR" "$RES") $init --out "$RUN_OUT" --resume
       if [ -d "$RUN_OUT" ]; then pack_run "$RUN_OUT" "$CARRY/$name.tgz"; fi
       for f in ${init#--init-from } $(echo "$DATA" | grep -o 'runs/[^ =]*model\.pt' || true); do
         if [ -f "$f" ]; then tar rf "$CARRY/extra.tar" "$f"; fi   # starting weights, frozen concepts
@@ -63,7 +63,7 @@ case "$cmd" in
       run_spec "$name"
       mkdir -p "$RUN_OUT"
       # shellcheck disable=SC2086
-      $PY -m ebm_fast.train $DATA $(recipe "$ATTR") $(stage1_init "$RUN_OUT") ${EXTRA:-} --device "${DEVICE:-cuda}" \
+      $PY -m ebm_fast.train $DATA $(recipe "$ATTR" "$RES") $(stage1_init "$RUN_OUT") ${EXTRA:-} --device "${DEVICE:-cuda}" \
         --threads 2 --no-progress --out "$RUN_OUT" --resume --max-minutes "$minutes" > "$RUN_OUT.out" 2>&1 &
       jobs_+=("$!:$name:$RUN_OUT")
     done

@@ -26,7 +26,7 @@ fi
 
 for name in "$@"; do
   run_spec "$name" || exit 2
-  data=$DATA out=$RUN_OUT attr=$ATTR
+  data=$DATA out=$RUN_OUT attr=$ATTR res=$RES
   if pgrep -f -- "--out $out( |\$)" > /dev/null; then
     echo "$name: already running ($out)"; continue
   fi
@@ -34,7 +34,7 @@ for name in "$@"; do
   # A run of the first recipe (runs/stage1/, the paper's loss alone) gives a new run its starting weights.
   init=$(stage1_init "$out")
   # shellcheck disable=SC2086  # the recipe is a list of flags
-  setsid nohup nice -n 19 $PY -m ebm_fast.train $data $(recipe "$attr") $init ${EXTRA:-} --threads 1 --no-progress --out "$out" --resume \
+  setsid nohup nice -n 19 $PY -m ebm_fast.train $data $(recipe "$attr" "$res") $init ${EXTRA:-} --threads 1 --no-progress --out "$out" --resume \
     >> "$out.out" 2>&1 < /dev/null &
   echo "$name: started in the background -> $out"
 done

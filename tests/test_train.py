@@ -3,6 +3,7 @@ configs are handled; the CLI reads .npz data."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -531,6 +532,13 @@ def test_the_concept_recipe_parses_into_the_documented_config(tmp_path):
         assert (cfg.step_size, cfg.noise, cfg.sample_grad_clip) == (10.0, 0.005, 0.01)
         assert cfg.cond_reg == 1.0  # the wrong conditions' energies are held near the negatives
         assert cfg.export_every == 500  # the best step is chosen by judging the kept models'
+        # the same recipe at 64x64 (for a GPU): the paper's resolution and model, batch 32
+        big = config_from_args(["--out", str(tmp_path / attribute), "--cond", attribute,
+                                *shlex.split(recipe_flags(attribute, 64))])
+        assert (big.resolution, big.model, big.batch_size) == (64, "scenes64", 32)
+        assert dataclasses.replace(big, resolution=32, model="small32", batch_size=16) == cfg
+    with pytest.raises(ValueError, match="resolution"):
+        recipe_flags("color", 128)
 
 
 @pytest.mark.cuda
