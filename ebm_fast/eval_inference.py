@@ -613,6 +613,9 @@ def infer_cli_main(argv: list[str] | None = None) -> int:
     p.add_argument("--refine", type=int, nargs="?", const=50, default=0,
                    help="gradient-descent steps after the grid (default 0; bare --refine = 50)")
     p.add_argument("--energy-map", metavar="PNG", help="write the energy map over positions (first image or the views)")
+    p.add_argument("--map-style", choices=("contrast", "density"), default="contrast",
+                   help="contrast: white at the minimum, black from the median energy up (default); "
+                        "density: exp(-(E - min))")
     p.add_argument("--compile", action="store_true",
                    help="grid passes under torch.compile (pays off for many images: ~30 s to compile)")
     a = p.parse_args(argv)
@@ -635,6 +638,6 @@ def infer_cli_main(argv: list[str] | None = None) -> int:
         print(f"mean |error| (normalised units): {position_error(pred, torch.from_numpy(np.asarray(pos)).float()):.4f}")
     if a.energy_map:
         emap = energy_map(model, x[:1], resolution=a.grid, views=a.views)[0]
-        energy_map_image(emap, a.energy_map)
+        energy_map_image(emap, a.energy_map, style=a.map_style)
         print(f"wrote {a.energy_map}")
     return 0

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .data import scenes
-from .infer import energy_map
+from .infer import energy_map, energy_map_image
 
 __all__ = ["two_object_labels", "local_minima", "evaluate_two_objects", "two_object_maps", "two_object_figure",
            "summary_markdown"]
@@ -179,9 +179,9 @@ def two_object_maps(ebm, n: int, resolution: int = 32, *, grid: int = 32, render
 def two_object_figure(path, images: Tensor, maps: Tensor, pos_a: Tensor, pos_b: Tensor, rows: int = 6,
                       scale: int = 3):
     """A PNG, one scene per row: the two-object image, its energy map, the sum of the one-object maps,
-    then each one-object image and map. A map is drawn bright at its minimum and dark from its median
-    energy up, linearly between (``y`` up), with the objects' true positions marked (red: first, blue:
-    second). Returns the image."""
+    then each one-object image and map. Maps are drawn in :func:`ebm_fast.infer.energy_map_image`'s
+    ``"contrast"`` style (white at the minimum, black from the median energy up, ``y`` up), with the
+    objects' true positions marked (red: first, blue: second). Returns the image."""
     from PIL import Image, ImageDraw
 
     rows = min(rows, images.shape[0])
@@ -200,11 +200,7 @@ def two_object_figure(path, images: Tensor, maps: Tensor, pos_a: Tensor, pos_b: 
         return Image.fromarray(pix).resize((res * scale, res * scale), Image.NEAREST)
 
     def drawn_map(e: Tensor, k: int) -> Image.Image:
-        e = e.double()
-        low, mid = e.min(), e.median()
-        bright = 1.0 - ((e - low) / (mid - low)).clamp(0, 1) if mid > low else torch.ones_like(e)
-        pix = (bright.flip(0) * 255).round().to(torch.uint8).numpy()
-        img = Image.fromarray(pix, mode="L").resize((cell, cell), Image.NEAREST).convert("RGB")
+        img = energy_map_image(e, scale=scale, style="contrast").convert("RGB")
         md = ImageDraw.Draw(img)
         for p, colour in ((pos_a[k], (230, 30, 30)), (pos_b[k], (30, 80, 230))):
             u = (float(p[0]) + 1) / 2 * (cell - 1)

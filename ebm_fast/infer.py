@@ -275,19 +275,32 @@ def energy_map(model, images: Tensor, resolution: int = 32, *, lo: float = -1.0,
     return grid_energies(model, images, grid, views=views).view(-1, resolution, resolution)
 
 
-def energy_map_image(energies: Tensor, path: str | None = None, scale: int = 4):
-    """A ``(R, R)`` energy map as a Pillow image of ``exp(-(E - min))`` (bright = likely), y up.
+MAP_STYLES = ("density", "contrast")
 
-    Saved to ``path`` when given; returns the image.
+
+def energy_map_image(energies: Tensor, path: str | None = None, scale: int = 4, style: str = "density"):
+    """A ``(R, R)`` energy map as a grey Pillow image, bright = low energy, y up.
+
+    ``style="density"`` draws ``exp(-(E - min))``, the unnormalised density (a map whose energies span
+    many units is then black but for its minimum); ``"contrast"`` draws the minimum white, the median
+    energy and above black, linearly between, so basins of any depth show. Saved to ``path`` when
+    given; returns the image.
     """
     from PIL import Image
 
     if energies.dim() != 2:
         raise ValueError(f"energies must be (R, R), got {tuple(energies.shape)}")
-    e = energies.detach().float().cpu()
-    density = torch.exp(-(e - e.min()))
-    density = density / density.max()
-    pix = (density.flip(0) * 255).round().to(torch.uint8).numpy()
+    if style not in MAP_STYLES:
+        raise ValueError(f"style: expected one of {MAP_STYLES}, got {style!r}")
+    e = energies.detach().double().cpu()
+    low = e.min()
+    if style == "density":
+        bright = torch.exp(-(e - low))
+        bright = bright / bright.max()
+    else:
+        mid = e.median()
+        bright = 1.0 - ((e - low) / (mid - low)).clamp(0, 1) if mid > low else torch.ones_like(e)
+    pix = (bright.flip(0) * 255).round().to(torch.uint8).numpy()
     img = Image.fromarray(pix, mode="L").resize((pix.shape[1] * scale, pix.shape[0] * scale), Image.NEAREST)
     if path is not None:
         img.save(path)

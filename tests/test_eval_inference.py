@@ -255,6 +255,11 @@ def test_infer_cli_prints_the_grid_argmin(tmp_path, capsys):
     got = torch.tensor([[float(t.split("=")[1]) for t in ln.split(":")[1].split()[:2]] for ln in lines])
     torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
     assert (tmp_path / "e.png").exists()
+    # the default map style is "contrast": black from the median energy up, so about half the map is black
+    from PIL import Image
+
+    with Image.open(tmp_path / "e.png") as im:
+        assert 0.3 <= float((np.asarray(im) == 0).mean()) <= 0.7
     assert ei.infer_cli_main(["--model", str(tmp_path / "m.pt"), "--images", str(tmp_path / "x.npz"),
                               "--grid", "7", "--views"]) == 0
     assert capsys.readouterr().out.count("views 0:") == 1

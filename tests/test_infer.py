@@ -110,6 +110,19 @@ def test_energy_map_layout_and_image(tmp_path):
     assert abs(-1 + s * 0.25 - 0.4) <= 0.125 and abs(-1 + r * 0.25 - (-0.35)) <= 0.125
     img = infer.energy_map_image(m[0], str(tmp_path / "map.png"))
     assert img.size == (36, 36) and (tmp_path / "map.png").exists()
+    # both styles: white at the minimum (y drawn up: row r of the map is image row R-1-r), and the
+    # contrast style black from the median energy up
+    e = m[0].double()
+    for style in ("density", "contrast"):
+        pix = np.asarray(infer.energy_map_image(m[0], scale=1, style=style))
+        assert pix[8 - r, s] == 255
+        if style == "contrast":
+            assert ((pix.astype(int)[::-1] == 0) == (e >= e.median()).numpy()).all()
+        else:
+            expect = torch.exp(-(e - e.min())).flip(0).mul(255).round().numpy()
+            assert np.abs(pix.astype(float) - expect).max() <= 1
+    with pytest.raises(ValueError, match="style"):
+        infer.energy_map_image(m[0], style="log")
 
 
 def test_bad_inputs():
