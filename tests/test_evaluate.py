@@ -175,7 +175,8 @@ def test_sampling_tools_balance_disjunctions_at_each_terms_modes(concepts, monke
 
     monkeypatch.setattr("ebm_fast.sampler.sample", spy)
     seed = fresh_seed() % 1000
-    sample_images(e, 5, ChainSettings(steps=3, balance_or=True, balance_steps=7), 32, seed)
+    assert ChainSettings().balance_strength == 0.5  # the tools' default: half the gap (docs/sampling.md)
+    sample_images(e, 5, ChainSettings(steps=3, balance_or=True, balance_steps=7, balance_strength=1.0), 32, seed)
     assert [(c[0], c[2]) for c in calls[:2]] == [(e.terms[0], 7), (e.terms[1], 7)]
     x0 = calls[0][1]
     assert torch.equal(calls[1][1], x0) and torch.equal(calls[2][1], x0) and calls[2][2] == 3
