@@ -78,16 +78,16 @@ def canonical_attribute(name: str) -> str:
 # again and the judged accuracies fell; --cond-reg 1 applies the paper's E^2 regulariser to those
 # energies too (docs/training.md, "Generation after the ranking term"). Generation still peaks and
 # falls as a run goes on, so every 500th step's model is kept (--export-every) to judge afterwards.
-RECIPE_FLAGS = ("--resolution 32 --model small32 --batch-size 16 --n-images 10000 --no-spectral-norm --iterations 20000 "
-                "--langevin-steps 20 --step-size 10 --noise 0.005 --replay-capacity 1000 "
-                "--ema 0.999 --checkpoint-every 100 --image-every 100 --export-every 500 --compile --cond-contrast 5 "
-                "--cond-reg 1 --pool meanmax")
-POSITION_FLAGS = "--coords --cond-jitter 0.1"
 # The same recipe at the paper's 64x64 with its MuJoCo-Scenes architecture (scenes64, ~16x the cost of
 # small32 per image), for a GPU: at 32x32 the objects are 2-6 pixels wide and the shape runs read
 # shape without drawing it. Batch 32 instead of 16. Not yet run anywhere (docs/training.md).
 RESOLUTION_FLAGS = {32: "--resolution 32 --model small32 --batch-size 16",
                     64: "--resolution 64 --model scenes64 --batch-size 32"}
+_SHARED_FLAGS = ("--n-images 10000 --no-spectral-norm --iterations 20000 --langevin-steps 20 --step-size 10 "
+                 "--noise 0.005 --replay-capacity 1000 --ema 0.999 --checkpoint-every 100 --image-every 100 "
+                 "--export-every 500 --compile --cond-contrast 5 --cond-reg 1 --pool meanmax")
+RECIPE_FLAGS = f"{RESOLUTION_FLAGS[32]} {_SHARED_FLAGS}"
+POSITION_FLAGS = "--coords --cond-jitter 0.1"
 
 
 def recipe_flags(attribute: str, resolution: int = 32) -> str:
@@ -95,7 +95,7 @@ def recipe_flags(attribute: str, resolution: int = 32) -> str:
     concepts) or 64 (scenes64); positions also get :data:`POSITION_FLAGS`."""
     if resolution not in RESOLUTION_FLAGS:
         raise ValueError(f"resolution: expected one of {sorted(RESOLUTION_FLAGS)}, got {resolution!r}")
-    flags = RECIPE_FLAGS.replace(RESOLUTION_FLAGS[32], RESOLUTION_FLAGS[resolution])
+    flags = f"{RESOLUTION_FLAGS[resolution]} {_SHARED_FLAGS}"
     return f"{flags} {POSITION_FLAGS}" if canonical_attribute(attribute) == "position" else flags
 
 
