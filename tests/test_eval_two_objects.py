@@ -103,34 +103,39 @@ def _spot_images(pa: torch.Tensor, pb: torch.Tensor, r: int) -> torch.Tensor:
     return x
 
 
-def test_measures_on_a_known_energy():
-    gen = _gen()
-    n, r, grid = 6, 32, 21
+def _spot_scenes(gen, n: int, r: int, grid: int):
+    """``n`` random spot scenes (objects >= 1.0 apart) and their measures under SpotDensity."""
     pa, pb = torch.empty(n, 2), torch.empty(n, 2)
     for k in range(n):
         pa[k], pb[k] = _apart(gen, 2, 1.0)
     images = _spot_images(pa, pb, r)
-    out = eto.evaluate_two_objects(SpotDensity(r), images, pa, pb, grid=grid)
+    return pa, pb, images, eto.evaluate_two_objects(SpotDensity(r), images, pa, pb, grid=grid)
+
+
+def test_measures_on_a_known_energy():
+    gen = _gen()
+    n, r, grid = 6, 32, 21
+    pa, pb, images, out = _spot_scenes(gen, n, r, grid)
     assert out["maps"].shape == (n, 3, grid, grid)
     assert out["both_found"] == 1.0 and out["one_found"] == 1.0 and out["single_found"] == 1.0
     assert out["corr_lse"] == pytest.approx(1.0, abs=1e-5)  # the two-spot map is exactly that
     assert out["corr_sum"] < 0.999 and out["corr_single"] < out["corr_lse"]
-    # swapping the second object's label for a far-off place is caught
-    wrong = -pb
-    out_wrong = eto.evaluate_two_objects(SpotDensity(r), images, pa, wrong.clamp(-1, 1), grid=grid)
-    assert out_wrong["both_found"] < 1.0 or torch.allclose(wrong, pb, atol=0.4)
+    # a second object's label at a place with no spot (>= 0.8 from both) is never found
+    wrong = torch.empty(n, 2)
+    for k in range(n):
+        while True:
+            wrong[k] = torch.rand(2, generator=gen) * 2 - 1
+            if min(float((wrong[k] - pa[k]).norm()), float((wrong[k] - pb[k]).norm())) >= 0.8:
+                break
+    out_wrong = eto.evaluate_two_objects(SpotDensity(r), images, pa, wrong, grid=grid)
+    assert out_wrong["both_found"] == 0.0 and out_wrong["single_found"] == 0.5
     with pytest.raises(ValueError, match="pair, first, second"):
         eto.evaluate_two_objects(SpotDensity(r), images[:, :2], pa, pb)
 
 
 def test_figure_and_report(tmp_path):
-    gen = _gen()
     n, r, grid = 3, 32, 11
-    pa, pb = torch.empty(n, 2), torch.empty(n, 2)
-    for k in range(n):
-        pa[k], pb[k] = _apart(gen, 2, 1.0)
-    images = _spot_images(pa, pb, r)
-    out = eto.evaluate_two_objects(SpotDensity(r), images, pa, pb, grid=grid)
+    pa, pb, images, out = _spot_scenes(_gen(), n, r, grid)
     img = eto.two_object_figure(tmp_path / "f.png", images, out["maps"], pa, pb, rows=2, scale=3)
     assert (tmp_path / "f.png").is_file() and img.size == (7 * r * 3, 14 + 2 * r * 3)
     text = "\n".join(eto.summary_markdown(out, "f.png"))
