@@ -52,7 +52,7 @@ def two_object_labels(n: int, resolution: int = 32, seed: int = 200, *, shapes: 
     "distractor" slot; ``first`` and ``second`` hold each object alone under the pair's light. The
     second object's yaw is 0 in all three (the distractor slot has none).
     """
-    from .eval_inference import TRAIN_COLORS, TRAIN_SIZE_RANGE
+    from .eval_inference import TRAIN_COLORS, TRAIN_SIZE_RANGE  # here: eval_inference imports this module
 
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n: expected an integer >= 1, got {n!r}")
@@ -73,10 +73,8 @@ def two_object_labels(n: int, resolution: int = 32, seed: int = 200, *, shapes: 
     for key in ("light_dir", "light_intensity"):
         second[key] = first[key].copy()
     pair = {key: v.copy() for key, v in first.items()}
-    pair["distractor_shape"] = second["shape"][:, None].copy()
-    pair["distractor_color"] = second["color"][:, None].copy()
-    pair["distractor_size"] = second["size"][:, None].copy()
-    pair["distractor_pos"] = second["pos"][:, None, :].copy()
+    for key in ("shape", "color", "size", "pos"):  # the second object in the one distractor slot
+        pair[f"distractor_{key}"] = second[key][:, None].copy()
     return pair, first, second
 
 
