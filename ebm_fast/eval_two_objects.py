@@ -161,16 +161,17 @@ def evaluate_two_objects(ebm, images: Tensor, pos_a: Tensor, pos_b: Tensor, *, g
 
 
 def two_object_maps(ebm, n: int, resolution: int = 32, *, grid: int = 32, renderer: str = "auto", seed: int = 200,
-                    figure=None, rows: int = 6) -> dict:
+                    min_separation: float = 1.0, figure=None, rows: int = 6) -> dict:
     """Render ``n`` scenes of :func:`two_object_labels` (and each object alone), run
     :func:`evaluate_two_objects` on them, and (with ``figure``, a path) draw the first ``rows``."""
-    pair, first, second = two_object_labels(n, resolution, seed)
+    pair, first, second = two_object_labels(n, resolution, seed, min_separation=min_separation)
     rendered = [scenes.render_scenes(labels, resolution, renderer, progress=False) for labels in (pair, first, second)]
     images = torch.from_numpy(np.stack(rendered, 1)).permute(0, 1, 4, 2, 3).float().div(255.0)
     pos_a, pos_b = torch.from_numpy(first["pos"]), torch.from_numpy(second["pos"])
     result = evaluate_two_objects(ebm, images, pos_a, pos_b, grid=grid)
     if figure is not None:
         two_object_figure(figure, images, result["maps"], pos_a, pos_b, rows=rows)
+    result["min_separation"] = min_separation
     return result
 
 
@@ -220,7 +221,9 @@ def two_object_figure(path, images: Tensor, maps: Tensor, pos_a: Tensor, pos_b: 
 def summary_markdown(result: dict, figure: str | None = None) -> list[str]:
     """Report lines for :func:`evaluate_two_objects`' ``result``."""
     lines = ["## Fig. 12: two objects, never seen in training", "",
-             f"{result['n']} scenes of two training objects at least 1.0 apart, energy maps on a "
+             f"{result['n']} scenes of two training objects"
+             + (f" at least {result['min_separation']:g} apart" if "min_separation" in result else "")
+             + f", energy maps on a "
              f"{result['grid']}x{result['grid']} grid of positions.", "",
              "| measure | value |", "| --- | --- |",
              f"| both objects at the map's two deepest minima (within {result['threshold']}) | {result['both_found']:.3f} |",
