@@ -7,6 +7,7 @@
     ebm-fast sample "EXPR" [...]        sample an expression of the shipped concepts to a PNG grid
     ebm-fast eval composition [...]     the paper's Tables 1 and 2, judged (ebm_fast.evaluate)
     ebm-fast eval inference [...]       the paper's Table 3 / Fig. 11 (ebm_fast.eval_inference)
+    ebm-fast eval models RUN [...]      judge a run's exported models, pick the best (ebm_fast.eval_models)
     ebm-fast infer [...]                infer positions from images with a position EBM
 
 ``ebm-fast COMMAND --help`` shows each command's options.
@@ -29,6 +30,8 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str]] = {
     ("eval", "composition"): ("ebm_fast.evaluate", "cli_main", "judge the paper's composition tables (1 and 2)"),
     ("eval", "inference"): ("ebm_fast.eval_inference", "cli_main",
                             "Table 3 / Fig. 11: position inference vs a ResNet regressor"),
+    ("eval", "models"): ("ebm_fast.eval_models", "cli_main",
+                         "judge every model a training run exported and pick the best"),
     ("infer",): ("ebm_fast.eval_inference", "infer_cli_main", "infer the position behind images with a position EBM"),
 }
 

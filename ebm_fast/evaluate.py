@@ -260,7 +260,8 @@ def evaluate_row(row: Row, concepts: Mapping, judges, n: int, *, sampler: Sample
         if sum(len(k) for k in kept) < keep_images:
             kept.append(to_uint8(images[: keep_images - sum(len(k) for k in kept)]))
     metrics = {m: float(torch.cat(v).float().mean()) for m, v in hits.items()}
-    return RowResult(row, metrics, n, np.concatenate(kept), time.perf_counter() - t0)
+    kept = np.concatenate(kept) if kept else np.zeros((0, images.shape[2], images.shape[3], 3), np.uint8)
+    return RowResult(row, metrics, n, kept, time.perf_counter() - t0)
 
 
 def evaluate(rows: Sequence[Row], concepts: Mapping, judges, n: int, *, continual: Mapping | None = None,

@@ -12,7 +12,9 @@
 # `train MINUTES RUN...` (on the device) trains each run with --device cuda --resume --max-minutes, so
 # each stops at a checkpoint within MINUTES plus one checkpoint interval, and writes one
 # $OUT/<run>.tgz per run: ckpt/last.pt, config.json, log.jsonl, the newest negatives, model.pt if the
-# run finished. Run names are scripts/runs.sh's.
+# run finished. Run names are scripts/runs.sh's. Then it judges the run's exports (--export-every) alone
+# from noise, JUDGE_N samples each (default 128; 0: off; `ebm-fast eval models`), and packs
+# models/judged.json and the best model so far, so the best survives across calls and fresh machines.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export EBM_FAST_CACHE=$PWD/data_cache OMP_WAIT_POLICY=PASSIVE MUJOCO_GL=${MUJOCO_GL:-egl} PYTHONUNBUFFERED=1
@@ -22,7 +24,10 @@ cmd=${1:-}; shift || true
 pack_run() {  # pack_run RUN_DIR TGZ: what a continued run needs, nothing older
   local dir=$1 tgz=$2 newest files=()
   newest=$(ls -1 "$dir"/samples/neg_*.png 2>/dev/null | tail -n 1 || true)
-  for f in "$dir"/config.json "$dir"/log.jsonl "$dir"/ckpt/last.pt "$dir"/model.pt $newest; do
+  best=$("$PY" -c 'import sys; from ebm_fast.eval_models import best_export as b; print(b(sys.argv[1]) or "")' \
+    "$dir" 2>/dev/null || true)
+  for f in "$dir"/config.json "$dir"/log.jsonl "$dir"/ckpt/last.pt "$dir"/model.pt $newest \
+           "$dir"/models/judged.json $best; do
     [ -f "$f" ] && files+=("$f")
   done
   tar czf "$tgz" "${files[@]}"
@@ -65,12 +70,16 @@ case "$cmd" in
       # shellcheck disable=SC2086
       $PY -m ebm_fast.train $DATA $(recipe "$ATTR" "$RES") $(stage1_init "$RUN_OUT") ${EXTRA:-} --device "${DEVICE:-cuda}" \
         --threads 2 --no-progress --out "$RUN_OUT" --resume --max-minutes "$minutes" > "$RUN_OUT.out" 2>&1 &
-      jobs_+=("$!:$name:$RUN_OUT")
+      jobs_+=("$!:$name:$RUN_OUT:$ATTR")
     done
     for j in "${jobs_[@]}"; do
-      IFS=: read -r pid name dir <<< "$j"
+      IFS=: read -r pid name dir attr <<< "$j"
       if wait "$pid"; then rc=0; else rc=$?; fi
       { echo "== $name: exit $rc"; tail -n 5 "$dir.out"; tail -n 2 "$dir/log.jsonl" 2>/dev/null || true; } | tee -a "$OUT/train.log"
+      if [ "${JUDGE_N:-128}" -gt 0 ] && [ "$attr" != size ] && compgen -G "$dir/models/model_*.pt" > /dev/null; then
+        { $PY -m ebm_fast.cli eval models "$dir" --rows "$attr" --n "${JUDGE_N:-128}" --device "${DEVICE:-cuda}" 2>&1 \
+            || echo "judging $dir failed"; } | tail -n 40 | tee -a "$OUT/train.log"
+      fi
       pack_run "$dir" "$OUT/$name.tgz"
     done
     ;;
