@@ -26,7 +26,7 @@ from torch import Tensor
 from .compose import DEFAULT_NOT_ALPHA, DEFAULT_SAMPLE_TEMPERATURE, Expr, balance_conjunctions, balance_disjunctions
 from .train import TrainConfig
 
-__all__ = ["ChainSettings", "chain_settings_of", "from_noise_steps", "sample_images", "concepts_resolution", "to_uint8", "resolve_device",
+__all__ = ["ChainSettings", "chain_settings_of", "generation_chain", "from_noise_steps", "sample_images", "concepts_resolution", "to_uint8", "resolve_device",
            "add_chain_args", "settings_from_args", "sample_cli_main"]
 
 _TRAIN = TrainConfig  # class attributes hold the dataclass defaults
@@ -145,17 +145,31 @@ def from_noise_steps(train_config: Mapping) -> int:
     return max(k, int(round(k / (1.0 - p))))
 
 
+def generation_chain(meta: Mapping | None) -> dict:
+    """The chain fields a concept's file recommends for sampling from noise
+    (``meta["generation"]["chain"]``, a subset of :data:`CHAIN_FIELDS`' keys), measured to generate
+    better than its training chain; ``{}`` when it names none."""
+    chain = dict(((meta or {}).get("generation") or {}).get("chain") or {})
+    unknown = sorted(set(chain) - set(CHAIN_FIELDS))
+    if unknown:
+        raise ValueError(f"generation chain: unknown fields {unknown} (expected some of {sorted(CHAIN_FIELDS)})")
+    return chain
+
+
 def chain_settings_of(concepts: Mapping | None, **overrides) -> ChainSettings:
     """Chain settings for sampling ``concepts`` from noise: the Langevin chain they were trained with
     (step size, noise, gradient clip, order from each model's recorded ``train_config``; steps
-    :func:`from_noise_steps`, as long as the training's persistent chains) when all of them agree, else
-    :class:`ChainSettings`' defaults; ``overrides`` win."""
+    :func:`from_noise_steps`, as long as the training's persistent chains), with the fields a model's
+    file recommends for generation (:func:`generation_chain`) in place of those, when all of them
+    agree, else :class:`ChainSettings`' defaults; ``overrides`` win."""
     base: dict = {}
     found = []
     for _, meta in (concepts or {}).values():
         tc = (meta or {}).get("train_config") or {}
         if all(v in tc for v in CHAIN_FIELDS.values()):
-            found.append(tuple(from_noise_steps(tc) if f == "steps" else tc[v] for f, v in CHAIN_FIELDS.items()))
+            own = {f: from_noise_steps(tc) if f == "steps" else tc[v] for f, v in CHAIN_FIELDS.items()}
+            own.update(generation_chain(meta))
+            found.append(tuple(own[f] for f in CHAIN_FIELDS))
     if found and len(set(found)) == 1 and len(found) == len(concepts):
         base = dict(zip(CHAIN_FIELDS, found[0]))
     return ChainSettings(**{**base, **overrides})

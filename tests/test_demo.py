@@ -100,6 +100,17 @@ def test_chain_settings_follow_the_concepts_recipe():
     cs["color"][1]["train_config"]["step_size"] = 100.0  # the concepts disagree: the generic defaults
     d = ChainSettings()
     assert chain_settings_of(cs).step_size == d.step_size and chain_settings_of(None).steps == d.steps
+    # a file's recommended generation chain replaces those fields of its training chain
+    for a in cs:
+        cs[a][1]["generation"] = {"chain": {"step_size": 7.5}}
+    s = chain_settings_of(cs)
+    assert (s.steps, s.step_size, s.noise) == (800, 7.5, 0.001)
+    assert chain_settings_of(cs, step_size=3.0).step_size == 3.0
+    cs["color"][1]["generation"] = {"chain": {"step_size": 5.0}}  # they disagree: the generic defaults
+    assert chain_settings_of(cs).step_size == d.step_size
+    cs["color"][1]["generation"] = {"chain": {"stepsize": 5.0}}
+    with pytest.raises(ValueError, match=r"unknown fields \['stepsize'\]"):
+        chain_settings_of(cs)
 
 
 @pytest.mark.parametrize("order,clamp,clip", [("noise_first", (0.0, 1.0), 0.05), ("ula", None, None)])

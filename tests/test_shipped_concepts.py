@@ -9,6 +9,7 @@ import torch
 from ebm_fast.concepts import concept_paths, default_concepts_dir, encode_conditions, generation_caveat, load_concepts
 from ebm_fast.data import scenes as S
 from ebm_fast.demo_concepts import ATTRIBUTES, concepts_present
+from ebm_fast.sample_cli import chain_settings_of, from_noise_steps, generation_chain
 
 N = 64
 SHIPPED = (*ATTRIBUTES, "shape")  # the demo composes position and colour; shape is shipped for recognition
@@ -25,6 +26,17 @@ def test_shipped_concepts_are_present_small_and_carry_their_recipe():
         assert not any(p.requires_grad for p in model.parameters())
         # the one concept that does not draw what it reads says so in its file
         assert (generation_caveat(meta) is not None) == (attribute == "shape"), attribute
+
+
+def test_the_demo_pair_agrees_on_its_generation_chain():
+    """Position and colour recommend one chain for sampling from noise; were they to disagree, every
+    expression of the two would silently fall back to the generic defaults."""
+    pair = load_concepts(attributes=ATTRIBUTES)
+    chains = [generation_chain(meta) for _, meta in pair.values()]
+    assert chains[0] and all(c == chains[0] for c in chains), chains
+    s = chain_settings_of(pair)
+    assert all(getattr(s, f) == v for f, v in chains[0].items())
+    assert s.steps == from_noise_steps(pair["position"][1]["train_config"])
 
 
 def test_shipped_concepts_read_their_condition_on_fresh_scenes():
