@@ -22,7 +22,7 @@ CARRY=gpu_carry
 cmd=${1:-}; shift || true
 
 pack_run() {  # pack_run RUN_DIR TGZ: what a continued run needs, nothing older
-  local dir=$1 tgz=$2 newest files=()
+  local dir=$1 tgz=$2 newest best files=()
   newest=$(ls -1 "$dir"/samples/neg_*.png 2>/dev/null | tail -n 1 || true)
   best=$("$PY" -c 'import sys; from ebm_fast.eval_models import best_export as b; print(b(sys.argv[1]) or "")' \
     "$dir" 2>/dev/null || true)
