@@ -28,15 +28,15 @@ def test_shipped_concepts_are_present_small_and_carry_their_recipe():
         assert (generation_caveat(meta) is not None) == (attribute == "shape"), attribute
 
 
-def test_the_demo_pair_agrees_on_its_generation_chain():
-    """Position and colour recommend one chain for sampling from noise; were they to disagree, every
-    expression of the two would silently fall back to the generic defaults."""
-    pair = load_concepts(attributes=ATTRIBUTES)
-    chains = [generation_chain(meta) for _, meta in pair.values()]
+def test_the_shipped_concepts_agree_on_their_generation_chain():
+    """The shipped concepts recommend one chain for sampling from noise; were they to disagree, every
+    expression mixing them would silently fall back to the generic defaults."""
+    shipped = load_concepts(attributes=SHIPPED)
+    chains = [generation_chain(meta) for _, meta in shipped.values()]
     assert chains[0] and all(c == chains[0] for c in chains), chains
-    s = chain_settings_of(pair)
+    s = chain_settings_of(shipped)
     assert all(getattr(s, f) == v for f, v in chains[0].items())
-    assert s.steps == from_noise_steps(pair["position"][1]["train_config"])
+    assert s.steps == from_noise_steps(shipped["position"][1]["train_config"])
 
 
 def test_shipped_concepts_read_their_condition_on_fresh_scenes():
