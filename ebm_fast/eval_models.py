@@ -21,11 +21,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -34,6 +31,7 @@ import torch
 
 from .compose import DEFAULT_NOT_ALPHA, DEFAULT_SAMPLE_TEMPERATURE
 from .concepts import canonical_attribute, default_concepts_dir, load_concepts
+from .data.scenes import atomic_write
 from .evaluate import ROWS, Row, RowResult, Sampler, evaluate_row
 from .sample_cli import ChainSettings, add_chain_args, resolve_device, settings_from_args
 
@@ -79,16 +77,7 @@ def _load_judged(path: Path) -> list[dict]:
 
 def _save_judged(path: Path, records: list[dict]) -> None:
     """Write atomically: a crash leaves the old file or the new one, never half of one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump({"records": records}, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: f.write(json.dumps({"records": records}, indent=1).encode()))
 
 
 def judge_run(run_dir: str | Path, rows: Sequence[Row], judges, n: int, *,
@@ -209,8 +198,8 @@ def cli_main(argv: list[str] | None = None) -> int:
         attribute = run_attribute(args.run)
         need = sorted({t.attribute for r in rows for t in r.terms} - {attribute})
         others = load_concepts(args.concepts, attributes=need, map_location=device) if need else {}
-        newest = load_concepts({attribute: exported_models(args.run)[-1][1]}, map_location=device) \
-            if exported_models(args.run) else {}
+        models = exported_models(args.run)
+        newest = load_concepts({attribute: models[-1][1]}, map_location=device) if models else {}
         # unset chain options follow the training chains of the run's models and the others
         settings = settings_from_args(args, {**others, **newest})
         from .judges import Judges
@@ -234,10 +223,6 @@ def cli_main(argv: list[str] | None = None) -> int:
     src = Path(args.run) / "models" / top["model"]
     print(f"best: step {top['step']} ({src}), score {top['score']:.3f}")
     if args.best_to:
-        dst = Path(args.best_to)
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dst.with_name(f".{dst.name}.tmp")
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
+        dst = atomic_write(args.best_to, lambda f: f.write(src.read_bytes()))
         print(f"copied to {dst}")
     return 0
