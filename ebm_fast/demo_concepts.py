@@ -76,7 +76,7 @@ def run(directory: str | Path | None, *, n: int, settings: ChainSettings, seed: 
     concepts = load_concepts(directory, attributes=ATTRIBUTES)
     judges = Judges.load(judges_path)
     print(f"concepts from {Path(next(iter(concept_paths(directory, ATTRIBUTES).values()))).parent}; "
-          f"{n} samples per expression, {settings.steps} Langevin steps each")
+          f"{n} samples per expression, Langevin chains of {settings.describe()}")
 
     def progress(r: RowResult) -> None:
         name = next(k for k, row in DEMO_ROWS if row is r.row)

@@ -73,6 +73,11 @@ class ChainSettings:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def describe(self) -> str:
+        """The chain in a few words: ``"400 steps of 7.5, noise 0.005, clip 0.01"``."""
+        clip = "no clip" if self.grad_clip is None else f"clip {self.grad_clip:g}"
+        return f"{self.steps} steps of {self.step_size:g}, noise {self.noise:g}, {clip}"
+
 
 def concepts_resolution(concepts: Mapping) -> int:
     """The image size the concepts were trained at (their data's ``scene_config``, else the model's
@@ -269,6 +274,6 @@ def sample_cli_main(argv: list[str] | None = None) -> int:
               for i in range(0, args.n, settings.batch_size)]
     dt = time.perf_counter() - t0
     path = save_image_grid(Path(args.out), to_uint8(torch.cat(chunks)), ncols=args.ncols)
-    print(f"{expr!r}: {args.n} samples at {res}x{res}, {settings.steps} steps in {dt:.2f} s; wrote {path}")
+    print(f"{expr!r}: {args.n} samples at {res}x{res}, {settings.describe()} in {dt:.2f} s; wrote {path}")
     return 0
 

@@ -60,7 +60,7 @@ def test_concept_demo_end_to_end_on_tiny_models(tmp_path, capsys, monkeypatch):
         assert name in printed and row.label in printed
         im = np.asarray(Image.open(out / f"{row.key}.png"))
         assert im.shape[0] == 16 + 2 * (34 + 2)  # title strip + one row of six 32x32 tiles
-    assert "6 samples per expression, 2 Langevin steps each" in printed
+    assert "6 samples per expression, Langevin chains of 2 steps of 50, noise " in printed and ", no clip" in printed
     assert "speed on the AND chain (6 samples x 2 steps): released-code loop" in printed
     saved = json.loads((out / "results.json").read_text())
     assert saved["info"]["steps"] == 2 and saved["info"]["step_size"] == 50.0 and saved["info"]["grad_clip"] is None

@@ -290,7 +290,7 @@ def test_sample_cli_writes_a_grid(tmp_path, concepts, capsys):
     out = tmp_path / "grid.png"
     rc = sample_cli_main(["shape=sphere & color=red & ~position=(0.5,0.5)", "--n", "6", "--steps", "2",
                           "--concepts", str(d), "--out", str(out), "--ncols", "3", "--batch-size", "4"])
-    assert rc == 0 and "6 samples at 32x32" in capsys.readouterr().out
+    assert rc == 0 and "6 samples at 32x32, 2 steps of " in capsys.readouterr().out
     assert np.asarray(Image.open(out)).shape == (2 * (2 * 34 + 2), 2 * (3 * 34 + 2), 3)
     rc = sample_cli_main(["shape=sphere & colr=red", "--concepts", str(d), "--out", str(out)])
     err = capsys.readouterr().err
