@@ -35,6 +35,7 @@ import argparse
 import contextlib
 import copy
 import dataclasses
+import gc
 import json
 import math
 import os
@@ -1015,7 +1016,10 @@ def cli_main(argv: list[str] | None = None) -> int:
         if dist.is_initialized():
             # every rank waits for rank 0's export and last log line: a rank that tears gloo down while
             # its peer is still busy could abort at exit ("terminate called without an active exception",
-            # seen once in CI)
+            # seen in CI). The trainer's DDP wrapper sits in reference cycles (its hooks), so its
+            # reducer and the gloo work it holds would otherwise be freed only at interpreter
+            # teardown, where freeing tensors aborts (pytorch/pytorch#179291): collect them first.
+            gc.collect()
             dist.barrier()
             dist.destroy_process_group()
     return 0
