@@ -76,6 +76,9 @@ def _write_temp(data: bytes, directory: Path, name: str) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600: give the file the usual permissions
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

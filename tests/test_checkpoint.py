@@ -44,6 +44,15 @@ def test_round_trip_loads_with_weights_only(tmp_path, monkeypatch):
     assert calls and all(c is True for c in calls)
 
 
+def test_saved_files_get_the_usual_permissions_not_mkstemps(tmp_path):
+    old = os.umask(0o027)
+    try:
+        atomic_torch_save(_state(2), tmp_path / "m.pt")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "m.pt").stat().st_mode & 0o777 == 0o640
+
+
 def test_manager_keeps_two_generations(tmp_path):
     mgr = CheckpointManager(tmp_path / "ckpt")
     assert mgr.load_latest() is None
