@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .atomic_file import usual_file_mode
+
 __all__ = [
     "CheckpointError",
     "CheckpointManager",
@@ -76,9 +78,7 @@ def _write_temp(data: bytes, directory: Path, name: str) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600: give the file the usual permissions
+        os.chmod(tmp, usual_file_mode())  # mkstemp makes 0600
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -29,9 +29,9 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
+from .atomic_file import atomic_write
 from .compose import DEFAULT_NOT_ALPHA, DEFAULT_SAMPLE_TEMPERATURE
 from .concepts import canonical_attribute, default_concepts_dir, load_concepts
-from .data.scenes import atomic_write
 from .evaluate import ROWS, Row, RowResult, Sampler, evaluate_row
 from .sample_cli import ChainSettings, add_chain_args, resolve_device, settings_from_args
 

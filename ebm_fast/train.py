@@ -1016,9 +1016,9 @@ def cli_main(argv: list[str] | None = None) -> int:
         if dist.is_initialized():
             # every rank waits for rank 0's export and last log line: a rank that tears gloo down while
             # its peer is still busy could abort at exit ("terminate called without an active exception",
-            # seen in CI). The trainer's DDP wrapper sits in reference cycles (its hooks), so its
-            # reducer and the gloo work it holds would otherwise be freed only at interpreter
-            # teardown, where freeing tensors aborts (pytorch/pytorch#179291): collect them first.
+            # seen in CI). Whatever of the trainer's DDP wrapper sits in reference cycles would be freed
+            # only at interpreter teardown, where freeing tensors that gloo work still holds can abort
+            # (pytorch/pytorch#179291): collect it first. A mitigation; the abort was too rare to test.
             gc.collect()
             dist.barrier()
             dist.destroy_process_group()

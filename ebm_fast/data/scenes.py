@@ -64,22 +64,21 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
-import io
 import json
 import multiprocessing as mp
 import os
 import subprocess
 import sys
-import tempfile
 import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, NamedTuple, Sequence
+from typing import Iterable, NamedTuple, Sequence
 
 import numpy as np
 
+from ..atomic_file import atomic_write
 from ..dictconfig import DictConfig
 
 __all__ = [
@@ -736,38 +735,6 @@ def generate_scenes(
 # --------------------------------------------------------------------------- #
 # Storage and caching
 # --------------------------------------------------------------------------- #
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], None]) -> Path:
-    """Write a file atomically: ``write(fileobj)`` into a temporary file in the
-    same directory, fsync, then ``os.replace`` onto ``path``.
-
-    A reader never sees a partial file; on error the temporary file is removed
-    and ``path`` is left untouched.  Returns ``Path(path)``.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
 
 
 def save_scenes(path: str | os.PathLike, images: np.ndarray, labels: dict[str, np.ndarray],
