@@ -51,7 +51,7 @@ from .sample_cli import (ChainSettings, add_chain_args, concepts_resolution, res
                          settings_from_args, to_uint8)
 
 __all__ = ["Term", "Row", "TABLE1", "TABLE2", "EXTRA", "ROWS", "RowResult", "draw_targets", "build_expr", "score",
-           "evaluate_row", "evaluate", "format_table", "write_report", "continual_commands", "cli_main"]
+           "confusion_counts", "evaluate_row", "evaluate", "format_table", "write_report", "continual_commands", "cli_main"]
 
 FULL = (-1.0, 1.0, -1.0, 1.0)          # (x_lo, x_hi, y_lo, y_hi)
 LOWER_LEFT = (-1.0, 0.0, -1.0, 0.0)
@@ -201,6 +201,27 @@ def score(row: Row, pred: Mapping[str, Tensor], targets: Sequence[Tensor], *,
     return out
 
 
+def confusion_counts(row: Row, pred: Mapping[str, Tensor], targets: Sequence[Tensor],
+                     class_names_by_attr: Mapping[str, Sequence[str]],
+                     judge_names: Mapping[str, Sequence[str]]) -> dict[str, np.ndarray]:
+    """Per class-valued term (colour, shape), the counts ``(len(target classes), len(judged
+    classes))`` of samples drawn for each target class (rows, the concept's class names) that the
+    judges called each class (columns, the judges' class names)."""
+    out = {}
+    for t, tgt in zip(row.terms, targets, strict=True):
+        if t.attribute not in CLASS_ATTRIBUTES:
+            continue
+        counts = np.zeros((len(class_names_by_attr[t.attribute]), len(judge_names[t.attribute])), np.int64)
+        np.add.at(counts, (tgt.long().cpu().numpy(), pred[t.attribute].long().cpu().numpy()), 1)
+        out[t.metric] = counts
+    return out
+
+
+def _merge_counts(total: dict[str, np.ndarray], more: Mapping[str, np.ndarray]) -> None:
+    for m, c in more.items():
+        total[m] = total[m] + c if m in total else c.copy()
+
+
 # ---- running rows --------------------------------------------------------------------------------
 Sampler = Callable[[Expr, int, int], Tensor]  # (expr, n, seed) -> images (n, 3, R, R) in [0, 1]
 
@@ -208,17 +229,30 @@ Sampler = Callable[[Expr, int, int], Tensor]  # (expr, n, seed) -> images (n, 3,
 @dataclass
 class RowResult:
     """A judged row: ``metrics`` (label -> accuracy or fraction), ``n`` samples, the first samples as
-    uint8 ``(k, H, W, 3)`` ``images``, the wall time ``seconds``."""
+    uint8 ``(k, H, W, 3)`` ``images``, the wall time ``seconds``, and per class-valued term its
+    ``confusion``: ``{metric: {"targets": names, "judged": names, "counts": [[int]]}}`` (rows: the
+    class each sample was drawn for; columns: the class the judges called it)."""
 
     row: Row
     metrics: dict[str, float]
     n: int
     images: np.ndarray
     seconds: float
+    confusion: dict[str, dict] = field(default_factory=dict)
+
+    def per_class(self, metric: str) -> dict[str, tuple[float, int]]:
+        """``{target class: (fraction judged as that class, samples drawn for it)}`` of a class term."""
+        c = self.confusion[metric]
+        out = {}
+        for name, counts in zip(c["targets"], c["counts"]):
+            hit = counts[c["judged"].index(name)] if name in c["judged"] else 0
+            out[name] = (hit / sum(counts) if sum(counts) else float("nan"), int(sum(counts)))
+        return out
 
     def to_dict(self) -> dict:
         return {"key": self.row.key, "label": self.row.label, "table": self.row.table, "n": self.n,
-                "metrics": self.metrics, "paper": dict(self.row.paper), "seconds": round(self.seconds, 3)}
+                "metrics": self.metrics, "paper": dict(self.row.paper), "seconds": round(self.seconds, 3),
+                "confusion": self.confusion}
 
 
 def evaluate_row(row: Row, concepts: Mapping, judges, n: int, *, sampler: Sampler | None = None,
@@ -246,6 +280,7 @@ def evaluate_row(row: Row, concepts: Mapping, judges, n: int, *, sampler: Sample
     names = {a: class_names(a, concepts[a][1] if a in concepts else None) for a in CLASS_ATTRIBUTES}
     jnames = {"color": judges.colors, "shape": judges.shapes}
     hits = {m: [] for m in row.metrics}
+    counts: dict[str, np.ndarray] = {}
     kept = []
     for start in range(0, n, settings.batch_size):
         stop = min(n, start + settings.batch_size)
@@ -254,14 +289,21 @@ def evaluate_row(row: Row, concepts: Mapping, judges, n: int, *, sampler: Sample
                          seed * 1_000_003 + start)
         if tuple(images.shape[:2]) != (stop - start, 3):
             raise ValueError(f"sampler: expected images ({stop - start}, 3, R, R), got {tuple(images.shape)}")
-        ok = score(row, judges.predict(images), tg, class_names_by_attr=names, judge_names=jnames)
+        pred = judges.predict(images)
+        ok = score(row, pred, tg, class_names_by_attr=names, judge_names=jnames)
+        _merge_counts(counts, confusion_counts(row, pred, tg, names, jnames))
         for m, v in ok.items():
             hits[m].append(v)
         if sum(len(k) for k in kept) < keep_images:
             kept.append(to_uint8(images[: keep_images - sum(len(k) for k in kept)]))
     metrics = {m: float(torch.cat(v).float().mean()) for m, v in hits.items()}
     kept = np.concatenate(kept) if kept else np.zeros((0, images.shape[2], images.shape[3], 3), np.uint8)
-    return RowResult(row, metrics, n, kept, time.perf_counter() - t0)
+    confusion = {}
+    for t in row.terms:
+        if t.metric in counts:
+            confusion[t.metric] = {"targets": list(names[t.attribute]), "judged": list(jnames[t.attribute]),
+                                   "counts": counts[t.metric].tolist()}
+    return RowResult(row, metrics, n, kept, time.perf_counter() - t0, confusion)
 
 
 def evaluate(rows: Sequence[Row], concepts: Mapping, judges, n: int, *, continual: Mapping | None = None,
@@ -305,6 +347,21 @@ def format_table(results: Sequence[RowResult]) -> str:
     return "\n".join([fmt(head), "  ".join("-" * x for x in w)] + [fmt(l) for l in lines[1:]])
 
 
+def confusion_markdown(r: RowResult) -> list[str]:
+    """Markdown lines: per class-valued term of ``r``, the judges' verdicts by target class."""
+    md = []
+    for m, c in r.confusion.items():
+        judged = c["judged"]
+        md += [f"Judged {m} by target {m} (rows: the class drawn for; columns: the judges' verdict):", "",
+               "| target | n | " + " | ".join(judged) + " | fraction as target |",
+               "| --- | ---: | " + " | ".join("---:" for _ in judged) + " | ---: |"]
+        for name, (frac, count) in r.per_class(m).items():
+            cells = " | ".join(str(v) for v in c["counts"][c["targets"].index(name)])
+            md.append(f"| {name} | {count} | {cells} | {_cell(frac)} |")
+        md.append("")
+    return md
+
+
 def write_report(results: Sequence[RowResult], out: str | Path, info: Mapping | None = None) -> Path:
     """Write ``out/report.md`` (the table with the paper's numbers, settings, grids), ``out/results.json``
     and ``out/<row key>.png`` (the first samples of each row); returns the report's path."""
@@ -333,6 +390,7 @@ def write_report(results: Sequence[RowResult], out: str | Path, info: Mapping | 
             md += [f"## {r.row.label} (Table {r.row.table})", "",
                    f"![{r.row.label}]({r.row.key}.png)", "",
                    f"{r.n} samples in {r.seconds:.1f} s; first {len(r.images)} shown.", ""]
+        md += confusion_markdown(r)
     payload = json.dumps({"info": info, "rows": [r.to_dict() for r in results]}, indent=2).encode()
     atomic_write(out / "results.json", lambda f: f.write(payload))
     text = "\n".join(md).encode()
@@ -405,6 +463,9 @@ def cli_main(argv: list[str] | None = None) -> int:
     def progress(r: RowResult) -> None:
         vals = ", ".join(f"{m} {v:.3f}" for m, v in r.metrics.items())
         print(f"  {r.row.label}: {vals} ({r.seconds:.1f} s)", flush=True)
+        for m in r.confusion:
+            by_class = ", ".join(f"{name} {frac:.2f}" for name, (frac, _) in r.per_class(m).items())
+            print(f"    {m} by target: {by_class}", flush=True)
 
     print(f"evaluating {len(rows)} rows x {args.n} samples ({settings.steps} steps each)", flush=True)
     results = evaluate(rows, concepts, judges, args.n, continual=continual, progress=progress, settings=settings,

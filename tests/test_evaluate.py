@@ -96,6 +96,42 @@ def test_true_labels_score_high_and_shuffled_fall_to_chance(row, scenes, judges,
     assert res.n == N and res.images.shape == (64, 32, 32, 3) and res.images.dtype == np.uint8
 
 
+@pytest.mark.parametrize("key", ["conj_pos_color", "continual_pos_shape_color", "position"])
+def test_confusion_counts_match_a_loop_over_the_judges_verdicts(key, scenes, judges, concepts, tmp_path):
+    images, labels = scenes
+    row = E.ROWS[key]
+    # half the samples drawn for their true class, half for a random one: a confusion with mass off the diagonal
+    tg = [t.clone() for t in true_targets(row, labels)]
+    for term, t in zip(row.terms, tg):
+        if term.attribute in ("color", "shape"):
+            k = len(judges.colors if term.attribute == "color" else judges.shapes)
+            wrong = torch.from_numpy(RNG.integers(0, k, N))
+            t[N // 2:] = wrong[N // 2:]
+    res = E.evaluate_row(row, concepts, judges, N, sampler=feeder(images), settings=ChainSettings(batch_size=70),
+                         targets=tg)
+    pred = judges.predict(images)
+    class_terms = [(term, t) for term, t in zip(row.terms, tg) if term.attribute in ("color", "shape")]
+    assert sorted(res.confusion) == sorted(term.metric for term, _ in class_terms)
+    for term, t in class_terms:
+        names = list(judges.colors if term.attribute == "color" else judges.shapes)  # the tiny concepts use these
+        expected = [[0] * len(names) for _ in names]
+        for i in range(N):
+            expected[int(t[i])][int(pred[term.attribute][i])] += 1
+        c = res.confusion[term.metric]
+        assert c["counts"] == expected and c["targets"] == names and c["judged"] == names
+        per_class = res.per_class(term.metric)
+        for j, name in enumerate(names):
+            drawn = int((t == j).sum())
+            hit = int(((t == j) & (pred[term.attribute] == j)).sum())
+            assert per_class[name][1] == drawn
+            assert per_class[name][0] == pytest.approx(hit / drawn) if drawn else math.isnan(per_class[name][0])
+        assert sum(expected[j][j] for j in range(len(names))) / N == pytest.approx(res.metrics[term.metric])
+    saved = json.loads(json.dumps(res.to_dict()))
+    assert saved["confusion"] == res.confusion
+    md = E.write_report([res], tmp_path / "rep").read_text()
+    assert md.count("fraction as target") == len(class_terms)
+
+
 def test_drawn_targets_follow_the_rows(concepts):
     gen = torch.Generator().manual_seed(fresh_seed())
     p1, p2 = E.draw_targets(E.ROWS["disj_pos"], 2000, gen, concepts)
@@ -271,7 +307,8 @@ def test_cli_end_to_end_on_tiny_models(tmp_path, concepts, capsys):
     for r in saved["rows"]:
         assert r["n"] == 8 and all(0.0 <= v <= 1.0 for v in r["metrics"].values())
         assert np.asarray(Image.open(out / f"{r['key']}.png")).shape[2] == 3
-    assert (out / "report.md").read_text().count("| 2 |") == 6
+    assert (out / "report.md").read_text().count("\n| 2 |") == 6
+    assert "color by target:" in printed
 
 
 def test_cli_names_missing_concepts(tmp_path, capsys):
