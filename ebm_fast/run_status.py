@@ -5,7 +5,15 @@ step reached out of the run's iterations, the speed, the energies, ``cond_acc`` 
 model reads its condition; 0.5 = ignored) and the roughness of negatives and data (a noise meter),
 the energy of data under a wrong condition (``E~``, with ``--cond-contrast``),
 averaged over the last log lines, the newest checkpoint and
-the newest grid of negatives. ``scripts/train_concepts.sh status`` runs it on every concept run.
+the newest grid of negatives.
+
+It also prints ``E-*2a``: the negatives' energy over ``1 / (2 alpha)``. That is where the loss
+``E+ - E- + alpha (E+^2 + E-^2)`` puts a negative that the chains can no longer bring down. Near
+1.0, every negative sits at the regulariser's optimum: the model tells the chains' output from data
+without effort. It is a warning sign, not a verdict. Every concept run of docs/training.md after
+its first stage sat there, and generation from noise fell in all of them as they trained on. In
+one, generation still rose for 1750 iterations after the negatives were pinned (docs/training.md,
+"The negatives' energy"). ``scripts/train_concepts.sh status`` runs it on every concept run.
 """
 
 from __future__ import annotations
@@ -16,7 +24,17 @@ import sys
 from pathlib import Path
 from statistics import fmean
 
-__all__ = ["run_summary", "format_summaries", "cli_main"]
+__all__ = ["run_summary", "negatives_pinned", "format_summaries", "cli_main"]
+
+PINNED = 0.9  # E- * 2 alpha above this: the negatives sit at the regulariser's optimum
+
+
+def negatives_pinned(e_neg: float | None, alpha: float | None) -> float | None:
+    """``e_neg * 2 alpha``: 1.0 when the negatives' energy is at the loss's optimum ``1 / (2 alpha)``
+    (None without a regulariser or an energy)."""
+    if e_neg is None or not alpha:
+        return None
+    return e_neg * 2.0 * alpha
 
 
 def _log_records(path: Path) -> list[dict]:
@@ -50,6 +68,7 @@ def run_summary(run: str | Path, window: int = 20) -> dict:
         "run": str(run), "step": recent[-1]["step"] if recent else 0, "iterations": config.get("iterations"),
         "finished": final, "it_per_s": mean("it_per_s"), "e_pos": mean("e_pos"), "e_neg": mean("e_neg"),
         "e_wrong": mean("e_wrong"), "cond_acc": mean("cond_acc"), "cond_loss": mean("cond_loss"),
+        "neg_pinned": negatives_pinned(mean("e_neg"), config.get("alpha", 1.0)),
         "neg_roughness": mean("neg_roughness"),
         "pos_roughness": mean("pos_roughness"), "checkpoint": (run / "ckpt" / "last.pt").is_file(),
         "model": (run / "model.pt").is_file(), "last_samples": str(samples[-1]) if samples else None,
@@ -62,17 +81,20 @@ def format_summaries(summaries: list[dict]) -> str:
         return "-" if v is None else format(v, fmt)
 
     head = (f"{'run':<36} {'step':>12} {'it/s':>6} {'E+':>8} {'E-':>8} {'E~':>8} {'cond_acc':>8} {'c_loss':>6} "
-            f"{'rough-':>7} {'rough+':>7}  newest negatives")
+            f"{'rough-':>7} {'rough+':>7} {'E-*2a':>6}  newest negatives")
     lines = [head, "-" * len(head)]
     for s in summaries:
         step = f"{s['step']}/{s['iterations'] or '?'}" + ("*" if s["finished"] else "")
         lines.append(f"{s['run']:<36} {step:>12} {num(s['it_per_s'], '.2f'):>6} {num(s['e_pos'], '+.4f'):>8} "
                      f"{num(s['e_neg'], '+.4f'):>8} {num(s['e_wrong'], '+.4f'):>8} {num(s['cond_acc'], '.3f'):>8} "
                      f"{num(s['cond_loss'], '.3f'):>6} {num(s['neg_roughness'], '.3f'):>7} "
-                     f"{num(s['pos_roughness'], '.3f'):>7}  {s['last_samples'] or '-'}")
+                     f"{num(s['pos_roughness'], '.3f'):>7} {num(s['neg_pinned'], '.2f'):>6}"
+                     f"{'!' if (s['neg_pinned'] or 0) > PINNED else ' '} {s['last_samples'] or '-'}")
     lines.append("(* finished: model.pt written; averages over the last log lines; cond_acc 0.5 = condition ignored; "
                  "c_loss: the --cond-contrast ranking loss, 0.693 = chance; E~: energy of data under wrong conditions; "
-                 "rough-/rough+: roughness of negatives/data, noise ~0.23)")
+                 "rough-/rough+: roughness of negatives/data, noise ~0.23; E-*2a: the negatives' energy over the "
+                 "loss's optimum for them, 1/(2 alpha); '!' above 0.9: the chains no longer bring negatives near "
+                 "the data's energy, a warning sign for generation from noise)")
     return "\n".join(lines)
 
 
