@@ -350,9 +350,11 @@ def format_table(results: Sequence[RowResult]) -> str:
 def confusion_markdown(r: RowResult) -> list[str]:
     """Markdown lines: per class-valued term of ``r``, the judges' verdicts by target class."""
     md = []
+    negated = {t.metric for t in r.row.terms if t.negated}
     for m, c in r.confusion.items():
         judged = c["judged"]
-        md += [f"Judged {m} by target {m} (rows: the class drawn for; columns: the judges' verdict):", "",
+        drawn = "the negated class, drawn away from" if m in negated else "the class drawn for"
+        md += [f"Judges' {m} by target {m} (rows: {drawn}; columns: the judges' verdict):", "",
                "| target | n | " + " | ".join(judged) + " | fraction as target |",
                "| --- | ---: | " + " | ".join("---:" for _ in judged) + " | ---: |"]
         for name, (frac, count) in r.per_class(m).items():
