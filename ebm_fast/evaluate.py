@@ -465,9 +465,11 @@ def cli_main(argv: list[str] | None = None) -> int:
     def progress(r: RowResult) -> None:
         vals = ", ".join(f"{m} {v:.3f}" for m, v in r.metrics.items())
         print(f"  {r.row.label}: {vals} ({r.seconds:.1f} s)", flush=True)
+        negated = {t.metric for t in r.row.terms if t.negated}
         for m in r.confusion:
             by_class = ", ".join(f"{name} {frac:.2f}" for name, (frac, _) in r.per_class(m).items())
-            print(f"    {m} by target: {by_class}", flush=True)
+            low = " (negated: low is good)" if m in negated else ""
+            print(f"    {m} by target{low}: {by_class}", flush=True)
 
     print(f"evaluating {len(rows)} rows x {args.n} samples ({settings.steps} steps each)", flush=True)
     results = evaluate(rows, concepts, judges, args.n, continual=continual, progress=progress, settings=settings,

@@ -10,7 +10,7 @@ the newest grid of negatives.
 It also prints ``E-*2a``: the negatives' energy over ``1 / (2 alpha)``. That is where the loss
 ``E+ - E- + alpha (E+^2 + E-^2)`` puts a negative that the chains can no longer bring down. Near
 1.0, every negative sits at the regulariser's optimum: the model tells the chains' output from data
-without effort. It is a warning sign, not a verdict. All but two of the concept runs of
+without effort. It is a warning sign, not a verdict. All but three of the concept runs of
 docs/training.md after a first stage sat there. In every run judged at several steps, generation
 from noise fell as it trained on. In one, generation still rose for 1750 iterations after the
 negatives were pinned (docs/training.md, "The negatives' energy"). ``scripts/train_concepts.sh status`` runs it on every concept run.
