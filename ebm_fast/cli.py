@@ -9,6 +9,7 @@
     ebm-fast eval inference [...]       the paper's Table 3 / Fig. 11 (ebm_fast.eval_inference)
     ebm-fast eval models RUN [...]      judge a run's exported models, pick the best (ebm_fast.eval_models)
     ebm-fast infer [...]                infer positions from images with a position EBM
+    ebm-fast models combine A B --out C save several models of one concept as one (a product of experts)
 
 ``ebm-fast COMMAND --help`` shows each command's options.
 """
@@ -33,6 +34,8 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str]] = {
     ("eval", "models"): ("ebm_fast.eval_models", "cli_main",
                          "judge every model a training run exported and pick the best"),
     ("infer",): ("ebm_fast.eval_inference", "infer_cli_main", "infer the position behind images with a position EBM"),
+    ("models", "combine"): ("ebm_fast.combine_models", "cli_main",
+                            "save several models of one concept as one concept file (weighted energy sum)"),
 }
 
 

@@ -63,6 +63,8 @@ def _shared_split(model) -> tuple[Callable, Callable] | None:
     """``(shared_features, energy_from_features)`` when the model exposes its condition-free head
     (:class:`ebm_fast.models.EnergyResNet` does): ``model(x, c) == energy_from_features(shared_features(x), c)``
     with the features a tuple of tensors whose rows are the images'."""
+    if getattr(model, "shares_features", True) is False:  # an ensemble with a member lacking the head
+        return None
     head, tail = getattr(model, "shared_features", None), getattr(model, "energy_from_features", None)
     return (head, tail) if callable(head) and callable(tail) else None
 

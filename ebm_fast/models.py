@@ -36,6 +36,7 @@ primitives from which :func:`model_from_config` rebuilds the same architecture (
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any, Iterable, Sequence
 
 import torch
@@ -44,6 +45,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "EnergyResNet",
+    "EnergyEnsemble",
     "ResBlock",
     "FiLM",
     "MODEL_CONFIGS",
@@ -299,6 +301,80 @@ class EnergyResNet(nn.Module):
         return self.head(h).squeeze(1)
 
 
+class EnergyEnsemble(nn.Module):
+    """Several energies of one concept as one: ``E(x, c) = sum_i w_i E_i(x, c)``.
+
+    A product of experts over the same condition -- the paper's conjunction, applied to two models of
+    one attribute rather than to two attributes. The sampler sees a single concept, so an ensemble
+    drops in wherever an :class:`EnergyResNet` does (``ebm_fast.Concept``, concept files, the
+    composition tables). Members must agree on ``cond_type``, ``cond_dim`` and ``in_channels``.
+
+    Args:
+        members: the energies (``EnergyResNet`` or ensembles, anything with a ``config``).
+        weights: one finite, positive weight per member (default: ``1 / len(members)`` each, the
+            mean energy).
+    """
+
+    def __init__(self, members: Sequence[nn.Module], weights: Sequence[float] | None = None):
+        super().__init__()
+        members = list(members)
+        if len(members) < 2:
+            raise ValueError(f"members: expected at least 2 energies, got {len(members)}")
+        weights = [1.0 / len(members)] * len(members) if weights is None else [float(w) for w in weights]
+        if len(weights) != len(members):
+            raise ValueError(f"weights: expected {len(members)} (one per member), got {len(weights)}")
+        if not all(math.isfinite(w) and w > 0 for w in weights):
+            raise ValueError(f"weights: expected finite positive numbers, got {weights}")
+        for key in ("cond_type", "cond_dim", "in_channels"):
+            found = [getattr(m, key, None) for m in members]
+            if len(set(found)) != 1:
+                raise ValueError(f"members: expected one {key}, got {found}")
+        resolutions = {(m.config or {}).get("resolution") for m in members} - {None}
+        if len(resolutions) > 1:
+            raise ValueError(f"members: expected one training resolution, got {sorted(resolutions)}")
+        self.members = nn.ModuleList(members)
+        self.weights = weights
+        self.cond_type, self.cond_dim, self.in_channels = (getattr(members[0], k)
+                                                           for k in ("cond_type", "cond_dim", "in_channels"))
+        self.config = {"name": "ensemble", "members": [copy.deepcopy(m.config) for m in members],
+                       "weights": list(weights), "resolution": next(iter(resolutions), None)}
+
+    def forward(self, x: Tensor, cond: Any = None) -> Tensor:
+        total = None
+        for w, m in zip(self.weights, self.members):
+            e = w * m(x, cond)
+            total = e if total is None else total + e
+        return total
+
+    @property
+    def shares_features(self) -> bool:
+        """Whether every member exposes a condition-free head (:mod:`ebm_fast.infer` then uses it)."""
+        return all(callable(getattr(m, "shared_features", None)) and callable(getattr(m, "energy_from_features", None))
+                   for m in self.members)
+
+    def shared_features(self, x: Tensor) -> tuple[Tensor, ...]:
+        """Every member's condition-free head (:meth:`EnergyResNet.shared_features`), as one flat tuple
+        of tensors whose rows are the images'."""
+        if not self.shares_features:
+            raise TypeError("shared_features: a member has no condition-free head")
+        parts = [tuple(m.shared_features(x)) for m in self.members]
+        self._feature_counts = [len(p) for p in parts]
+        return tuple(t for p in parts for t in p)
+
+    def energy_from_features(self, features: Sequence[Tensor], cond: Any = None) -> Tensor:
+        """Energies from :meth:`shared_features` (rows may be repeated per candidate); equals ``self(x, cond)``."""
+        counts = getattr(self, "_feature_counts", None)
+        if counts is None or sum(counts) != len(features):
+            raise ValueError(f"features: expected the {sum(counts or [])} tensors shared_features returned, "
+                             f"got {len(features)}")
+        total, start = None, 0
+        for w, m, k in zip(self.weights, self.members, counts):
+            e = w * m.energy_from_features(tuple(features[start:start + k]), cond)
+            start += k
+            total = e if total is None else total + e
+        return total
+
+
 def build_model(name: str, cond_dim: int = 0, cond_type: str | None = None, **overrides) -> EnergyResNet:
     """A registered architecture (:data:`MODEL_CONFIGS`) with a condition head.
 
@@ -323,6 +399,11 @@ def model_from_config(config: dict) -> EnergyResNet:
     """Rebuild the architecture recorded in ``model.config`` (fresh weights)."""
     if not isinstance(config, dict):
         raise TypeError(f"model config: expected a dict, got {type(config).__name__}")
+    if config.get("name") == "ensemble":
+        extra = set(config) - {"name", "members", "weights", "resolution"}
+        if extra or not isinstance(config.get("members"), list):
+            raise ValueError(f"ensemble config: expected members, weights and resolution, got keys {sorted(config)}")
+        return EnergyEnsemble([model_from_config(c) for c in config["members"]], config.get("weights"))
     known = {"name", "cond_dim", "cond_type", "in_channels", "stem", "widths", "pool", "spectral_norm",
              "head_spectral_norm", "coords", "resolution"}
     unknown = set(config) - known

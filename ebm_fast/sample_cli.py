@@ -166,14 +166,18 @@ def chain_settings_of(concepts: Mapping | None, **overrides) -> ChainSettings:
     (step size, noise, gradient clip, order from each model's recorded ``train_config``; steps
     :func:`from_noise_steps`, as long as the training's persistent chains), with the fields a model's
     file recommends for generation (:func:`generation_chain`) in place of those, when all of them
-    agree, else :class:`ChainSettings`' defaults; ``overrides`` win."""
+    agree, else :class:`ChainSettings`' defaults; ``overrides`` win. A file without a training chain
+    (an ensemble of trained models, :class:`ebm_fast.models.EnergyEnsemble`) counts when its
+    recommended chain names every field."""
     base: dict = {}
     found = []
     for _, meta in (concepts or {}).values():
         tc = (meta or {}).get("train_config") or {}
+        own = {}
         if all(v in tc for v in CHAIN_FIELDS.values()):
             own = {f: from_noise_steps(tc) if f == "steps" else tc[v] for f, v in CHAIN_FIELDS.items()}
-            own.update(generation_chain(meta))
+        own.update(generation_chain(meta))
+        if all(f in own for f in CHAIN_FIELDS):
             found.append(tuple(own[f] for f in CHAIN_FIELDS))
     if found and len(set(found)) == 1 and len(found) == len(concepts):
         base = dict(zip(CHAIN_FIELDS, found[0]))

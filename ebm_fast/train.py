@@ -56,8 +56,8 @@ from .dictconfig import DictConfig
 from .checkpoint import CheckpointManager, rng_state, set_rng_state
 from .continual import FrozenConcept, load_frozen, negatives_expr, param_digest
 from .leaf_eval import prefers_channels_last
-from .models import (MODEL_CONFIGS, POOLS, build_model, condition_head_keys, load_model, load_weights_widening,
-                     save_model)
+from .models import (MODEL_CONFIGS, POOLS, EnergyEnsemble, build_model, condition_head_keys, load_model,
+                     load_weights_widening, save_model)
 
 __all__ = ["TrainConfig", "ConditionalData", "Trainer", "load_data", "synthetic_data", "train", "cli_main",
            "ATTRIBUTES"]
@@ -708,6 +708,10 @@ class Trainer:
         another attribute (or none) gives its trunk only: the condition head (the FiLM layers) stays
         freshly initialised, i.e. zero, so the new concept starts as the source's unconditional twin."""
         source, meta = load_model(path)
+        if isinstance(source, EnergyEnsemble):
+            files = ", ".join(m.get("file", "?") for m in meta.get("members", []))
+            raise ValueError(f"--init-from {path}: an ensemble of {len(source.members)} models (ebm-fast models "
+                             f"combine) has no single set of weights to start from; start from a member ({files})")
         reads = meta.get("cond", "none")
         keep = ()
         if label_key(reads) != label_key(self.config.cond):

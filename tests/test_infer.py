@@ -156,3 +156,26 @@ def test_compiled_grid_energies_equal_eager_with_padded_passes():
             got = infer.grid_energies(model, images, cands, budget_bytes=budget, compile=True)
             torch.testing.assert_close(got, eager, rtol=1e-4, atol=1e-5)
     assert set(infer._COMPILED_PASSES[model]) == {4, 18}
+
+
+def test_grid_energies_of_an_ensemble_share_every_members_head():
+    """An EnergyEnsemble takes the shared-head path too and equals its weighted sum pair by pair."""
+    from ebm_fast.models import EnergyEnsemble, build_model
+
+    gen = _gen()
+    members = []
+    for _ in range(2):
+        torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))
+        m = build_model("tiny", cond_dim=2, cond_type="continuous")
+        for film in (f for f in m.modules() if f.__class__.__name__ == "FiLM"):
+            torch.nn.init.normal_(film.linear.weight, std=0.5)
+        members.append(m.eval())
+    w = (torch.rand(2, generator=gen) + 0.1).tolist()
+    ens = EnergyEnsemble(members, w).eval()
+    assert infer._shared_split(ens) is not None
+    images, cands = torch.rand(3, 3, 16, 16, generator=gen), infer.position_grid(4)
+    with torch.no_grad():
+        brute = torch.stack([sum(wi * m(images, c.expand(3, 2)) for wi, m in zip(w, members)) for c in cands], dim=1)
+    for budget in (1, 2**30):
+        torch.testing.assert_close(infer.grid_energies(ens, images, cands, budget_bytes=budget), brute,
+                                   rtol=1e-4, atol=1e-5)

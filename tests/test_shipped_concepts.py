@@ -20,9 +20,14 @@ def test_shipped_concepts_are_present_small_and_carry_their_recipe():
     sizes = [p.stat().st_size for p in concept_paths(None, SHIPPED).values()]
     assert sum(sizes) <= 20 * 2**20
     for attribute, (model, meta) in load_concepts(attributes=SHIPPED).items():
-        tc = meta["train_config"]
-        assert meta["cond"] == attribute and meta["step"] > 0
-        assert (tc["resolution"], tc["model"], tc["step_size"], tc["noise"]) == (32, "small32", 10.0, 0.005)
+        assert meta["cond"] == attribute
+        # an ensemble (the colour concept) keeps each trained member's own record
+        trained = [m["meta"] for m in meta["members"]] if "members" in meta else [meta]
+        assert len(trained) == len(getattr(model, "members", [model]))
+        for record in trained:
+            tc = record["train_config"]
+            assert record["cond"] == attribute and record["step"] > 0
+            assert (tc["resolution"], tc["model"], tc["step_size"], tc["noise"]) == (32, "small32", 10.0, 0.005)
         assert not any(p.requires_grad for p in model.parameters())
         # the one concept that does not draw what it reads says so in its file
         assert (generation_caveat(meta) is not None) == (attribute == "shape"), attribute
@@ -32,10 +37,11 @@ def test_the_shipped_concepts_agree_on_their_generation_chain():
     """The shipped concepts recommend one chain for sampling from noise; were they to disagree, every
     expression mixing them would silently fall back to the generic defaults."""
     shipped = load_concepts(attributes=SHIPPED)
-    chains = [generation_chain(meta) for _, meta in shipped.values()]
-    assert chains[0] and all(c == chains[0] for c in chains), chains
+    assert all(generation_chain(meta) for _, meta in shipped.values())
+    own = {a: chain_settings_of({a: c}) for a, c in shipped.items()}  # each file's chain from noise
+    assert all(s == own["position"] for s in own.values()), own
     s = chain_settings_of(shipped)
-    assert all(getattr(s, f) == v for f, v in chains[0].items())
+    assert s == own["position"] and s.step_size == generation_chain(shipped["position"][1])["step_size"]
     assert s.steps == from_noise_steps(shipped["position"][1]["train_config"])
 
 

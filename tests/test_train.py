@@ -515,6 +515,23 @@ def test_init_from_another_attribute_copies_the_trunk_only(tmp_path, capsys, sou
             assert torch.equal(tr.model.state_dict()[name], value), name
 
 
+def test_init_from_an_ensemble_names_its_members(tmp_path):
+    """An ensemble file (ebm-fast models combine) has no single set of weights: the error says so and
+    names the member files to start from instead."""
+    from ebm_fast.combine_models import combine_models
+    from ebm_fast.models import save_model
+
+    data = synthetic_data(64, 16, 0)
+    paths = []
+    for name in ("a", "b"):
+        Trainer(_small(tmp_path / name, cond="color", spectral_norm=False, iterations=1), data=data).train()
+        paths.append(str(tmp_path / name / "ckpt" / "last.pt"))
+    save_model(tmp_path / "ens.pt", *combine_models(paths))
+    with pytest.raises(ValueError, match=r"an ensemble of 2 models .* start from a member \(.*a/ckpt/last.pt, .*b/ckpt"):
+        Trainer(_small(tmp_path / "c", cond="color", spectral_norm=False, init_from=str(tmp_path / "ens.pt")),
+                data=data)
+
+
 def test_the_concept_recipe_parses_into_the_documented_config(tmp_path):
     """recipe_flags: every concept gets the ranking term and the mean+max pool; positions also get
     coordinate channels and near-miss wrong positions; all sample with step 10; the flags parse through `ebm-fast train`'s parser."""
