@@ -269,6 +269,9 @@ class EnergyResNet(nn.Module):
                              f"got {tuple(c.shape)}")
         return c.to(dtype)
 
+    # how many tensors shared_features returns
+    n_shared_features = 2
+
     def forward(self, x: Tensor, cond: Any = None) -> Tensor:
         return self.energy_from_features(self.shared_features(x), cond)
 
@@ -310,7 +313,8 @@ class EnergyEnsemble(nn.Module):
     composition tables). Members must agree on ``cond_type``, ``cond_dim`` and ``in_channels``.
 
     Args:
-        members: the energies (``EnergyResNet`` or ensembles, anything with a ``config``).
+        members: the energies (``EnergyResNet`` or ensembles; any ``forward(x, cond) -> (B,)``
+            module samples and infers, but only members with a ``config`` save and reload).
         weights: one finite, positive weight per member (default: ``1 / len(members)`` each, the
             mean energy).
     """
@@ -329,50 +333,47 @@ class EnergyEnsemble(nn.Module):
             found = [getattr(m, key, None) for m in members]
             if len(set(found)) != 1:
                 raise ValueError(f"members: expected one {key}, got {found}")
-        resolutions = {(m.config or {}).get("resolution") for m in members} - {None}
+        resolutions = {(getattr(m, "config", None) or {}).get("resolution") for m in members} - {None}
         if len(resolutions) > 1:
             raise ValueError(f"members: expected one training resolution, got {sorted(resolutions)}")
         self.members = nn.ModuleList(members)
         self.weights = weights
-        self.cond_type, self.cond_dim, self.in_channels = (getattr(members[0], k)
+        self.cond_type, self.cond_dim, self.in_channels = (getattr(members[0], k, None)
                                                            for k in ("cond_type", "cond_dim", "in_channels"))
-        self.config = {"name": "ensemble", "members": [copy.deepcopy(m.config) for m in members],
+        # a member without a config (a plain module) samples and infers, but does not save and reload
+        self.config = {"name": "ensemble", "members": [copy.deepcopy(getattr(m, "config", None)) for m in members],
                        "weights": list(weights), "resolution": next(iter(resolutions), None)}
 
     def forward(self, x: Tensor, cond: Any = None) -> Tensor:
-        total = None
-        for w, m in zip(self.weights, self.members):
-            e = w * m(x, cond)
-            total = e if total is None else total + e
-        return total
+        return sum(w * m(x, cond) for w, m in zip(self.weights, self.members))
 
     @property
     def shares_features(self) -> bool:
         """Whether every member exposes a condition-free head (:mod:`ebm_fast.infer` then uses it)."""
-        return all(callable(getattr(m, "shared_features", None)) and callable(getattr(m, "energy_from_features", None))
-                   for m in self.members)
+        return all(hasattr(m, "n_shared_features") and callable(getattr(m, "shared_features", None))
+                   and callable(getattr(m, "energy_from_features", None)) for m in self.members)
+
+    @property
+    def n_shared_features(self) -> int:
+        return sum(m.n_shared_features for m in self.members)
 
     def shared_features(self, x: Tensor) -> tuple[Tensor, ...]:
-        """Every member's condition-free head (:meth:`EnergyResNet.shared_features`), as one flat tuple
-        of tensors whose rows are the images'."""
+        """Every member's condition-free head (:meth:`EnergyResNet.shared_features`), one after another
+        in one flat tuple of tensors whose rows are the images'."""
         if not self.shares_features:
             raise TypeError("shared_features: a member has no condition-free head")
-        parts = [tuple(m.shared_features(x)) for m in self.members]
-        self._feature_counts = [len(p) for p in parts]
-        return tuple(t for p in parts for t in p)
+        return tuple(t for m in self.members for t in m.shared_features(x))
 
     def energy_from_features(self, features: Sequence[Tensor], cond: Any = None) -> Tensor:
         """Energies from :meth:`shared_features` (rows may be repeated per candidate); equals ``self(x, cond)``."""
-        counts = getattr(self, "_feature_counts", None)
-        if counts is None or sum(counts) != len(features):
-            raise ValueError(f"features: expected the {sum(counts or [])} tensors shared_features returned, "
+        if len(features) != self.n_shared_features:
+            raise ValueError(f"features: expected the {self.n_shared_features} tensors of shared_features, "
                              f"got {len(features)}")
-        total, start = None, 0
-        for w, m, k in zip(self.weights, self.members, counts):
-            e = w * m.energy_from_features(tuple(features[start:start + k]), cond)
-            start += k
-            total = e if total is None else total + e
-        return total
+        starts = [0]
+        for m in self.members:
+            starts.append(starts[-1] + m.n_shared_features)
+        return sum(w * m.energy_from_features(tuple(features[a:b]), cond)
+                   for w, m, a, b in zip(self.weights, self.members, starts, starts[1:]))
 
 
 def build_model(name: str, cond_dim: int = 0, cond_type: str | None = None, **overrides) -> EnergyResNet:

@@ -179,3 +179,20 @@ def test_grid_energies_of_an_ensemble_share_every_members_head():
     for budget in (1, 2**30):
         torch.testing.assert_close(infer.grid_energies(ens, images, cands, budget_bytes=budget), brute,
                                    rtol=1e-4, atol=1e-5)
+
+
+def test_an_ensemble_with_a_member_without_a_shared_head_takes_the_plain_path():
+    from ebm_fast.models import EnergyEnsemble
+
+    gen = _gen()
+    a, b = Spot(), Spot()
+    with torch.no_grad():
+        b.w.fill_(float(torch.rand((), generator=gen)) + 0.5)
+    ens = EnergyEnsemble([a, b], [0.3, 0.7])
+    assert not ens.shares_features and infer._shared_split(ens) is None
+    images, cands = torch.rand(4, 3, 4, generator=gen) * 2 - 1, infer.position_grid(5)
+    with torch.no_grad():
+        brute = torch.tensor([[0.3 * a(images[i:i + 1], cands[j:j + 1]).item()
+                               + 0.7 * b(images[i:i + 1], cands[j:j + 1]).item()
+                               for j in range(len(cands))] for i in range(len(images))])
+    torch.testing.assert_close(infer.grid_energies(ens, images, cands), brute)
