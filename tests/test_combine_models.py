@@ -36,6 +36,12 @@ def _two_colour_files(tmp_path, k_second: int = 60):
     return paths
 
 
+def _position_on_the_recipe():
+    """A tiny position concept whose meta records the recipe's chain and the shipped step 7.5."""
+    model, meta = tiny_concepts(fresh_seed(), attributes=("position",))["position"]
+    return model, {**meta, "train_config": dict(RECIPE), "generation": {"chain": {"step_size": 7.5}}}
+
+
 def test_cli_writes_an_ensemble_with_its_members_and_a_full_chain(tmp_path, capsys):
     paths = _two_colour_files(tmp_path)
     out = tmp_path / "concepts" / "color.pt"
@@ -55,9 +61,7 @@ def test_cli_writes_an_ensemble_with_its_members_and_a_full_chain(tmp_path, caps
     with torch.no_grad():
         torch.testing.assert_close(ens(x, c), 0.25 * members[0](x, c) + 0.75 * members[1](x, c))
     # it loads as the colour concept, and a concept set with it follows its chain (no train_config of its own)
-    position = tiny_concepts(fresh_seed(), attributes=("position",))["position"]
-    position[1]["train_config"] = dict(RECIPE)
-    position[1]["generation"] = {"chain": {"step_size": 7.5}}
+    position = _position_on_the_recipe()
     save_model(out.parent / "position.pt", *position)
     cs = load_concepts(out.parent, attributes=("position", "color"))
     assert isinstance(cs["color"][0], EnergyEnsemble)
@@ -68,9 +72,7 @@ def test_cli_writes_an_ensemble_with_its_members_and_a_full_chain(tmp_path, caps
 def test_concept_set_follows_an_ensembles_chain_when_it_agrees(tmp_path):
     paths = _two_colour_files(tmp_path)
     ens, meta = combine_models(paths, chain={"steps": 400})
-    position = tiny_concepts(fresh_seed(), attributes=("position",))["position"]
-    position[1]["train_config"] = dict(RECIPE)
-    position[1]["generation"] = {"chain": {"step_size": 7.5}}
+    position = _position_on_the_recipe()
     s = chain_settings_of({"position": position, "color": (ens, meta)})
     assert (s.steps, s.step_size, s.noise) == (400, 7.5, 0.005)
     meta["generation"]["chain"]["steps"] = 1200  # the ensemble disagrees: the generic defaults
