@@ -106,11 +106,49 @@ def generation_caveat(meta: Mapping | None) -> str | None:
     return str(caveat) if caveat else None
 
 
+# Concepts shipped as an ensemble of recipe runs (docs/training.md, "A colour ensemble"): the extra
+# flags of each member's run, and the chain from noise written into the combined file. Colour is the
+# mean energy of a recipe run and one with --alpha 0.1 --langevin-steps 60; alone, each drew colours
+# the other missed.
+ENSEMBLE_MEMBER_FLAGS = {"color": ("", "--alpha 0.1 --langevin-steps 60")}
+ENSEMBLE_CHAIN_FLAGS = "--steps 400 --step-size 7.5"
+
+
+def override_flags(flags: str, extra: str) -> str:
+    """``flags`` with the options in ``extra`` replacing theirs in place (new ones appended), e.g.
+    ``override_flags("--steps 20 --compile", "--steps 60 --alpha 0.1") == "--steps 60 --compile --alpha 0.1"``.
+    An option's value is the token after it unless that token is itself an option."""
+    def parse(text: str) -> dict[str, str | None]:
+        tokens, out, i = text.split(), {}, 0
+        while i < len(tokens):
+            if not tokens[i].startswith("--"):
+                raise ValueError(f"flags: expected an option at {tokens[i]!r} in {text!r}")
+            has_value = i + 1 < len(tokens) and not tokens[i + 1].startswith("--")
+            out[tokens[i]] = tokens[i + 1] if has_value else None
+            i += 2 if has_value else 1
+        return out
+
+    merged = {**parse(flags), **parse(extra)}
+    return " ".join(k if v is None else f"{k} {v}" for k, v in merged.items())
+
+
 def train_command(attribute: str, out: str | Path | None = None) -> str:
-    """The training command that produces the concept model of ``attribute`` (add ``--resume`` to go on)."""
+    """The shell command that trains a concept model of ``attribute`` with the recipe and writes it to
+    ``out`` (default: the shipped file's path). For an attribute in :data:`ENSEMBLE_MEMBER_FLAGS` it
+    trains every member and combines them with ``ebm-fast models combine``. Add ``--resume`` to a
+    ``train`` to go on after a stop."""
+    attribute = canonical_attribute(attribute)
     out = Path(out) if out is not None else default_concepts_dir() / f"{attribute}.pt"
-    run = f"runs/concepts/{attribute}32"
-    return f"ebm-fast train --data scenes --cond {attribute} {recipe_flags(attribute)} --out {run} && cp {run}/model.pt {out}"
+    members = ENSEMBLE_MEMBER_FLAGS.get(attribute)
+    if members is None:
+        run = f"runs/concepts/{attribute}32"
+        return f"ebm-fast train --data scenes --cond {attribute} {recipe_flags(attribute)} --out {run} && cp {run}/model.pt {out}"
+    runs = [f"runs/concepts/{attribute}32" + (f"_member{i}" if i else "") for i in range(len(members))]
+    trains = [f"ebm-fast train --data scenes --cond {attribute} {override_flags(recipe_flags(attribute), extra)} "
+              f"--out {run}" for extra, run in zip(members, runs)]
+    combine = (f"ebm-fast models combine {' '.join(f'{run}/model.pt' for run in runs)} "
+               f"{ENSEMBLE_CHAIN_FLAGS} --out {out}")
+    return " && ".join(trains + [combine])
 
 
 def concept_paths(directory: str | Path | None = None,

@@ -4,6 +4,7 @@ recipe, and reading their condition on scenes they never saw (fresh labels, NumP
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from ebm_fast.concepts import concept_paths, default_concepts_dir, encode_conditions, generation_caveat, load_concepts
@@ -43,6 +44,55 @@ def test_the_shipped_concepts_agree_on_their_generation_chain():
     s = chain_settings_of(shipped)
     assert s == own["position"] and s.step_size == generation_chain(shipped["position"][1])["step_size"]
     assert s.steps == from_noise_steps(shipped["position"][1]["train_config"])
+
+
+# what makes a run of the recipe what it is (not where it writes, how long, or which weights it starts from)
+RECIPE_FIELDS = ("resolution", "model", "batch_size", "spectral_norm", "pool", "coords", "alpha", "cond_contrast",
+                 "cond_jitter", "cond_reg", "langevin_steps", "step_size", "noise", "sample_grad_clip", "lr",
+                 "replay_capacity", "ema")
+
+
+# The shipped position model is the recipe's step-2000 model trained 1200 steps more without near-miss
+# positions (runs/probes/position32_nojitter); the printed command is the recipe, jitter included.
+LAST_STAGE_CHANGES = {"position": {"cond_jitter": 0.1}}
+
+
+def test_the_printed_training_command_remakes_each_shipped_file_and_its_chain():
+    """``train_command`` (printed when a concept file is missing): each ``ebm-fast train`` in it parses
+    into the recipe its shipped file (or ensemble member) recorded, and an ensemble's ``combine``
+    names every member and the chain the shipped file recommends."""
+    import shlex
+
+    from ebm_fast.concepts import train_command
+    from ebm_fast.train import config_from_args
+
+    for attribute, (_, meta) in load_concepts(attributes=SHIPPED).items():
+        commands = [shlex.split(c) for c in train_command(attribute, "/tmp/out.pt").split(" && ")]
+        trains = [c[2:] for c in commands if c[:2] == ["ebm-fast", "train"]]
+        records = [m["meta"] for m in meta["members"]] if "members" in meta else [meta]
+        assert len(trains) == len(records), attribute
+        for argv, record in zip(trains, records):
+            cfg = config_from_args(argv)
+            recorded = record["train_config"]
+            assert cfg.cond == attribute
+            expected = {f: (tuple(v) if isinstance(v, list) else v) for f, v in recorded.items() if f in RECIPE_FIELDS}
+            assert {f: getattr(cfg, f) for f in RECIPE_FIELDS} == {**expected, **LAST_STAGE_CHANGES.get(attribute, {})}
+        if "members" in meta:
+            combine = commands[-1]
+            assert combine[:3] == ["ebm-fast", "models", "combine"] and combine[-2:] == ["--out", "/tmp/out.pt"]
+            assert combine.count("--out") == 1 and sum(a.endswith("model.pt") for a in combine) == len(records)
+            chain = generation_chain(meta)
+            flags = dict(zip(combine, combine[1:]))  # option -> the token after it
+            assert (int(flags["--steps"]), float(flags["--step-size"])) == (chain["steps"], chain["step_size"])
+
+
+def test_override_flags_replaces_in_place_and_appends_new_options():
+    from ebm_fast.concepts import override_flags
+
+    assert override_flags("--a 1 --flag --b 2", "--b 3 --c 4 --other") == "--a 1 --flag --b 3 --c 4 --other"
+    assert override_flags("--a 1", "") == "--a 1"
+    with pytest.raises(ValueError, match="expected an option at 'x'"):
+        override_flags("--a 1 x", "")
 
 
 def test_shipped_concepts_read_their_condition_on_fresh_scenes():
