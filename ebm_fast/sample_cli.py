@@ -184,11 +184,12 @@ def chain_settings_of(concepts: Mapping | None, **overrides) -> ChainSettings:
     return ChainSettings(**{**base, **overrides})
 
 
-def add_chain_args(p: argparse.ArgumentParser) -> None:
+def add_chain_args(p: argparse.ArgumentParser, *, balance_and: bool = False) -> None:
     """The chain options shared by ``ebm-fast sample``, ``ebm-fast eval composition`` and the demo.
 
     ``--steps``, ``--step-size``, ``--noise``, ``--grad-clip`` and ``--order`` default to the chain the
-    concepts were trained with (:func:`chain_settings_of`); unset, they are absent from the namespace."""
+    concepts were trained with (:func:`chain_settings_of`); unset, they are absent from the namespace.
+    ``balance_and`` is the default of ``--balance-and`` (the demo's; the plain sum everywhere else)."""
     d = ChainSettings()
     fallback = f"(default: the concepts' training chain, else {{}})"
     steps_default = "(default: as long as the concepts' training chains, K / (1 - replay p), else {})"
@@ -206,9 +207,10 @@ def add_chain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=DEFAULT_SAMPLE_TEMPERATURE,
                    help=f"temperature of every disjunction (default {DEFAULT_SAMPLE_TEMPERATURE}, the released "
                         "code's; 1 is the paper's equation and draws both objects of a two-way OR)")
-    p.add_argument("--balance-and", action=argparse.BooleanOptionalAction, default=False,
+    p.add_argument("--balance-and", action=argparse.BooleanOptionalAction, default=balance_and,
                    help="scale the terms of every conjunction down to the weakest one's gradient norm at the "
-                        "starting noise (default off: the plain sum of energies; see docs/sampling.md)")
+                        "starting noise (default " + ("on; --no-balance-and gives" if balance_and else "off:")
+                        + " the plain sum of energies; see docs/sampling.md)")
     p.add_argument("--balance-or", action=argparse.BooleanOptionalAction, default=False,
                    help="level the terms of every disjunction at their own modes (log weights from their median "
                         "energies after a short chain of each term alone, by --balance-strength of the gap; "

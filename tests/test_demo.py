@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 import ebm_fast as ef
-from ebm_fast import demo, demo_concepts
+from ebm_fast import demo, demo_concepts, sample_cli
 from ebm_fast.models import save_model
 from ebm_fast.released_loop import released_code_chain
 from ebm_fast.sample_cli import ChainSettings, chain_settings_of
@@ -45,6 +45,13 @@ def test_concept_demo_end_to_end_on_tiny_models(tmp_path, capsys, monkeypatch):
         return real_build(row, concepts, targets, **kw)
 
     monkeypatch.setattr(evaluate, "build_expr", spy)
+    balanced, real_balance = [], sample_cli.balance_conjunctions
+
+    def balance_spy(expr, x):
+        balanced.append(expr)
+        return real_balance(expr, x)
+
+    monkeypatch.setattr(sample_cli, "balance_conjunctions", balance_spy)
     recipe = {"langevin_steps": 2, "step_size": 50.0, "noise": 0.001, "sample_grad_clip": None, "order": "noise_first"}
     d = _save(tmp_path / "concepts", tiny_concepts(fresh_seed(), resolution=32), recipe)
     assert demo_concepts.concepts_present(d) and not demo_concepts.concepts_present(tmp_path)
@@ -68,6 +75,15 @@ def test_concept_demo_end_to_end_on_tiny_models(tmp_path, capsys, monkeypatch):
     assert [r["key"] for r in saved["rows"]] == [row.key for _, row in demo_concepts.DEMO_ROWS]
     nested = saved["rows"][-1]["metrics"]
     assert set(nested) == {"position 1", "position 2", "color"}
+    # conjunctions are balanced by default: once per batch sampled (n = 6 in two batches of at most
+    # four chains, per row), and not in the timed chains
+    assert saved["info"]["balance_and"] is True and "conjunctions balanced" in printed
+    assert len(balanced) == 2 * len(demo_concepts.DEMO_ROWS)
+    balanced.clear()
+    assert demo.cli_main(["--concepts", str(d), "--n", "2", "--batch-size", "2", "--out", str(tmp_path / "plain"),
+                          "--threads", "1", "--no-balance-and"]) == 0
+    assert not balanced and "conjunctions as the plain sum" in capsys.readouterr().out
+    assert json.loads((tmp_path / "plain" / "results.json").read_text())["info"]["balance_and"] is False
 
 
 def test_demo_falls_back_to_the_gaussian_demo_and_names_a_bad_folder(tmp_path, capsys, monkeypatch):
