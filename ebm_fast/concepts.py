@@ -106,11 +106,16 @@ def generation_caveat(meta: Mapping | None) -> str | None:
     return str(caveat) if caveat else None
 
 
-# Concepts shipped as an ensemble of recipe runs (docs/training.md, "A colour ensemble"): the extra
-# flags of each member's run, and the chain from noise written into the combined file. Colour is the
-# mean energy of a recipe run and one with --alpha 0.1 --langevin-steps 60; alone, each drew colours
-# the other missed.
-ENSEMBLE_MEMBER_FLAGS = {"color": ("", "--alpha 0.1 --langevin-steps 60")}
+# Concepts shipped as an ensemble of recipe runs (docs/training.md, "A colour ensemble"): per member,
+# its weight and the flags its run adds to the recipe (--iterations: the step shipped); then the chain
+# from noise written into the combined file. Colour weighs the recipe run's step-12400 model and a
+# --alpha 0.1 --langevin-steps 60 run's step 3250 at 0.45 each, and the first run's step 5000 (trained
+# before --cond-reg existed) at 0.1: alone, each drew colours the others missed.
+ENSEMBLE_MEMBERS: dict[str, tuple[tuple[float, str], ...]] = {
+    "color": ((0.45, "--iterations 12400"),
+              (0.45, "--alpha 0.1 --langevin-steps 60 --iterations 3250"),
+              (0.1, "--cond-reg 0 --iterations 5000")),
+}
 ENSEMBLE_CHAIN_FLAGS = "--steps 400 --step-size 7.5"
 
 
@@ -134,20 +139,20 @@ def override_flags(flags: str, extra: str) -> str:
 
 def train_command(attribute: str, out: str | Path | None = None) -> str:
     """The shell command that trains a concept model of ``attribute`` with the recipe and writes it to
-    ``out`` (default: the shipped file's path). For an attribute in :data:`ENSEMBLE_MEMBER_FLAGS` it
+    ``out`` (default: the shipped file's path). For an attribute in :data:`ENSEMBLE_MEMBERS` it
     trains every member and combines them with ``ebm-fast models combine``. Add ``--resume`` to a
     ``train`` to go on after a stop."""
     attribute = canonical_attribute(attribute)
     out = Path(out) if out is not None else default_concepts_dir() / f"{attribute}.pt"
-    members = ENSEMBLE_MEMBER_FLAGS.get(attribute)
+    members = ENSEMBLE_MEMBERS.get(attribute)
     if members is None:
         run = f"runs/concepts/{attribute}32"
         return f"ebm-fast train --data scenes --cond {attribute} {recipe_flags(attribute)} --out {run} && cp {run}/model.pt {out}"
     runs = [f"runs/concepts/{attribute}32" + (f"_member{i}" if i else "") for i in range(len(members))]
     trains = [f"ebm-fast train --data scenes --cond {attribute} {override_flags(recipe_flags(attribute), extra)} "
-              f"--out {run}" for extra, run in zip(members, runs)]
+              f"--out {run}" for (_, extra), run in zip(members, runs)]
     combine = (f"ebm-fast models combine {' '.join(f'{run}/model.pt' for run in runs)} "
-               f"{ENSEMBLE_CHAIN_FLAGS} --out {out}")
+               f"--weights {' '.join(f'{w:g}' for w, _ in members)} {ENSEMBLE_CHAIN_FLAGS} --out {out}")
     return " && ".join(trains + [combine])
 
 
