@@ -80,7 +80,7 @@ def cli_main(argv: list[str] | None = None) -> int:
     p.add_argument("--eta", type=float, default=0.005, help="Gaussian demo: step size (default 0.005)")
     p.add_argument("--out", default="runs/demo", help="folder for the PNG grids/plots (default runs/demo)")
     # the concepts' conjunctions balanced by default: the colour concept's gradient outweighs the
-    # position's in the plain sum (docs/sampling.md, "Balancing a conjunction")
+    # position's in the plain sum (docs/sampling.md, "Which conjunction weights")
     add_chain_args(p, balance_and=True)
     args = p.parse_args(argv)
     if args.threads:
