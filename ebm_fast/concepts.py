@@ -144,13 +144,12 @@ def train_command(attribute: str, out: str | Path | None = None) -> str:
     ``train`` to go on after a stop."""
     attribute = canonical_attribute(attribute)
     out = Path(out) if out is not None else default_concepts_dir() / f"{attribute}.pt"
-    members = ENSEMBLE_MEMBERS.get(attribute)
-    if members is None:
-        run = f"runs/concepts/{attribute}32"
-        return f"ebm-fast train --data scenes --cond {attribute} {recipe_flags(attribute)} --out {run} && cp {run}/model.pt {out}"
+    members = ENSEMBLE_MEMBERS.get(attribute, ((1.0, ""),))
     runs = [f"runs/concepts/{attribute}32" + (f"_member{i}" if i else "") for i in range(len(members))]
     trains = [f"ebm-fast train --data scenes --cond {attribute} {override_flags(recipe_flags(attribute), extra)} "
               f"--out {run}" for (_, extra), run in zip(members, runs)]
+    if attribute not in ENSEMBLE_MEMBERS:
+        return f"{trains[0]} && cp {runs[0]}/model.pt {out}"
     combine = (f"ebm-fast models combine {' '.join(f'{run}/model.pt' for run in runs)} "
                f"--weights {' '.join(f'{w:g}' for w, _ in members)} {ENSEMBLE_CHAIN_FLAGS} --out {out}")
     return " && ".join(trains + [combine])
