@@ -7,6 +7,12 @@ condition-free head once per image, computes spectral-norm weights once, and fee
 inputs; ``compile=True`` also runs the per-pair part under ``torch.compile`` (compiled once, outside
 the timing). Workloads: the paper's inference, one scene (or a few) against an 8 x 8 grid of positions.
 The ratio is ``extra_info['speedup_vs_loop']``; both sides are timed round-robin in one process.
+
+``test_grid_inference_autocast_vs_loop`` times the shipped position concept on rendered scenes:
+the grid screened under bfloat16 autocast and its 4 lowest candidates re-scored in float32
+(``infer_grid(..., autocast=torch.bfloat16)``), against the same float32 loop; it records how often
+its argmin is the float32 table's. Low precision pays only where the hardware has bf16 units
+(``extra_info['bf16_units']``: AMX or AVX-512 BF16 on the CPU).
 """
 
 from __future__ import annotations
@@ -16,7 +22,9 @@ import torch
 
 from ebm_fast import infer
 from ebm_fast.compose import leaf_energy_from_output
-from ebm_fast.models import build_model
+from ebm_fast.concepts import concept_paths
+from ebm_fast.data import scenes
+from ebm_fast.models import build_model, load_model
 from timing import timed
 
 
@@ -53,3 +61,35 @@ def test_grid_inference_batched_vs_loop(benchmark, machine, images, grid):
                                  "batched_compiled_s": times["batched_compiled"],
                                  "speedup_vs_loop": times["loop"] / times["batched"],
                                  "speedup_compiled_vs_loop": times["loop"] / times["batched_compiled"]})
+
+
+def _scenes(n: int, resolution: int, seed: int) -> torch.Tensor:
+    config = scenes.SceneConfig(n=n, resolution=resolution, seed=seed)
+    images = scenes.render_scenes(scenes.sample_scene_params(config), resolution, renderer="numpy", workers=1,
+                                  progress=False)
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255).to(DEVICE)
+
+
+@pytest.mark.benchmark(group="infer-grid-autocast")
+@pytest.mark.parametrize("images,grid", [(1, 8), (4, 8), (16, 8), (16, 24)])
+def test_grid_inference_autocast_vs_loop(benchmark, machine, images, grid):
+    model, _ = load_model(concept_paths(attributes=("position",))["position"])
+    model = model.to(DEVICE).eval()
+    x = _scenes(images, model.config["resolution"], seed=images)
+    cands = infer.position_grid(grid).to(DEVICE)
+    ref = per_candidate_loop(model, x, cands)
+    screened = infer.infer_grid(model, x, cands, compile=True, autocast=torch.bfloat16)
+    times = timed({"loop": lambda: per_candidate_loop(model, x, cands),
+                   "batched_compiled": lambda: infer.grid_energies(model, x, cands, compile=True),
+                   "bf16_compiled": lambda: infer.infer_grid(model, x, cands, compile=True,
+                                                             autocast=torch.bfloat16)}, rounds=5)
+    benchmark.pedantic(infer.infer_grid, args=(model, x, cands), kwargs={"compile": True, "autocast": torch.bfloat16},
+                       rounds=3, iterations=1, warmup_rounds=1)
+    benchmark.extra_info.update(machine(DEVICE))
+    benchmark.extra_info.update({"model": "shipped position concept", "images": images, "candidates": grid * grid,
+                                 "loop_s": times["loop"], "batched_compiled_s": times["batched_compiled"],
+                                 "bf16_compiled_s": times["bf16_compiled"],
+                                 "speedup_compiled_vs_loop": times["loop"] / times["batched_compiled"],
+                                 "speedup_bf16_compiled_vs_loop": times["loop"] / times["bf16_compiled"],
+                                 "argmin_agreement": float((screened.index == ref.argmin(1)).float().mean()),
+                                 "rescore": 4})

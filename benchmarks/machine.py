@@ -7,7 +7,7 @@ import platform
 
 import torch
 
-__all__ = ["device_name", "machine_info"]
+__all__ = ["bf16_units", "device_name", "machine_info"]
 
 
 def device_name(device: torch.device | str = "cpu") -> str:
@@ -24,8 +24,22 @@ def device_name(device: torch.device | str = "cpu") -> str:
     return f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
 
 
+def bf16_units(device: torch.device | str = "cpu") -> list[str]:
+    """The CPU's bfloat16 instruction sets (``amx_bf16``, ``avx512_bf16``) from /proc/cpuinfo; on CUDA,
+    the device's compute capability."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return ["sm_%d%d" % torch.cuda.get_device_capability(device)]
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return []
+    return sorted({"amx_bf16", "avx512_bf16"} & set(flags))
+
+
 def machine_info(device: torch.device | str = "cpu") -> dict:
-    """Device name, torch/triton versions and thread count, for ``benchmark.extra_info``."""
+    """Device name, torch/triton versions, thread count and bf16 units, for ``benchmark.extra_info``."""
     try:
         import triton
 
@@ -33,4 +47,4 @@ def machine_info(device: torch.device | str = "cpu") -> dict:
     except ImportError:
         triton_version = None
     return {"device": device_name(device), "torch": torch.__version__, "triton": triton_version,
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(), "bf16_units": bf16_units(device)}

@@ -285,15 +285,18 @@ def _as_float_images(images) -> Tensor:
 
 
 def ebm_positions(ebm, images: Tensor, *, grid: int = 32, refine_steps: int = 0, step_size: float = 0.002,
-                  views: bool = False, budget_bytes: int | None = None, compile: bool = False) -> Tensor:
+                  views: bool = False, budget_bytes: int | None = None, compile: bool = False,
+                  autocast: torch.dtype | None = None) -> Tensor:
     """Positions ``(B, 2)`` = argmin over a ``grid x grid`` lattice of ``[-1, 1]^2`` of the (view-summed)
     energy, then ``refine_steps`` of projected gradient descent on the position (0 = grid only).
 
-    ``images``: ``(B, 3, H, W)``, or ``(B, V, 3, H, W)`` with ``views=True``. ``compile``: as in
-    :func:`ebm_fast.infer.grid_energies`.
+    ``images``: ``(B, 3, H, W)``, or ``(B, V, 3, H, W)`` with ``views=True``. ``compile``, ``autocast``:
+    as in :func:`ebm_fast.infer.infer_grid` (the grid screened at the lower precision, its lowest
+    candidates re-scored in float32); the refinement runs in float32.
     """
     kw = {} if budget_bytes is None else {"budget_bytes": budget_bytes}
-    res = infer_grid(ebm, images, position_grid(grid, device=images.device), views=views, compile=compile, **kw)
+    res = infer_grid(ebm, images, position_grid(grid, device=images.device), views=views, compile=compile,
+                     autocast=autocast, **kw)
     if refine_steps:
         res = refine(ebm, images, res.cond, lo=-1.0, hi=1.0, steps=refine_steps, step_size=step_size, views=views)
     return res.cond
@@ -315,7 +318,8 @@ def position_error(pred: Tensor, true: Tensor) -> float:
 
 
 def evaluate_table3(sets: dict[str, tuple[Tensor, Tensor]], ebm=None, regressor=None, *, grid: int = 32,
-                    refine_steps: int = 0, compile: bool = False) -> dict[str, dict[str, float]]:
+                    refine_steps: int = 0, compile: bool = False,
+                    autocast: torch.dtype | None = None) -> dict[str, dict[str, float]]:
     """``{model: {set name: error}}`` for ``model`` in ``EBM``/``ResNet`` (those given).
 
     ``sets``: name -> ``(images (N, 3, H, W) float, positions (N, 2))``. Also adds ``shifted_mean``, the
@@ -327,7 +331,8 @@ def evaluate_table3(sets: dict[str, tuple[Tensor, Tensor]], ebm=None, regressor=
             continue
         row = {}
         for name, (images, pos) in sets.items():
-            pred = (ebm_positions(model, images, grid=grid, refine_steps=refine_steps, compile=compile)
+            pred = (ebm_positions(model, images, grid=grid, refine_steps=refine_steps, compile=compile,
+                                  autocast=autocast)
                     if label == "EBM"
                     else regressor_positions(model, images))
             row[name] = position_error(pred, pos)
@@ -340,7 +345,7 @@ def evaluate_table3(sets: dict[str, tuple[Tensor, Tensor]], ebm=None, regressor=
 
 def error_vs_views(ebm, images: Tensor, pos: Tensor, *, grid: int = 32, refine_steps: int = 0,
                    step_size: float = 0.002, regressor: nn.Module | None = None,
-                   compile: bool = False) -> dict[str, list[float]]:
+                   compile: bool = False, autocast: torch.dtype | None = None) -> dict[str, list[float]]:
     """Fig. 11: error when the first ``n = 1 .. V`` views of each group are used.
 
     ``images`` ``(G, V, 3, H, W)``, ``pos`` ``(G, 2)``. The EBM's estimate from ``n`` views is the grid
@@ -359,7 +364,7 @@ def error_vs_views(ebm, images: Tensor, pos: Tensor, *, grid: int = 32, refine_s
     g, v = images.shape[:2]
     cand = position_grid(grid, device=images.device)
     flat = images.reshape(g * v, *images.shape[2:])
-    e = grid_energies(ebm, flat, cand, compile=compile).view(g, v, -1).cumsum(1)  # (G, V, K): summed over the first n views
+    e = grid_energies(ebm, flat, cand, compile=compile, autocast=autocast).view(g, v, -1).cumsum(1)  # (G, V, K): summed over the first n views
     est = [cand[e[:, n].argmin(1)] for n in range(v)]
     if refine_steps:
         est = [refine(ebm, images[:, :n + 1], est[n], lo=-1.0, hi=1.0, steps=refine_steps, step_size=step_size,
@@ -469,6 +474,16 @@ def write_report(out, table: dict[str, dict[str, float]], curve: dict[str, list[
 
 
 # ---- CLIs --------------------------------------------------------------------------------------------
+AUTOCAST_CHOICES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def add_autocast_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--autocast", choices=tuple(AUTOCAST_CHOICES), default="none",
+                   help="screen the position grid under torch.autocast at this precision and re-score its "
+                        "lowest candidates in float32 (default none; bf16 pays off on CPUs with AMX or "
+                        "AVX-512 BF16 and on GPUs, and is slower elsewhere)")
+
+
 def _eval_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ebm-fast eval inference", description=(
         "Table 3 (position error on Test/Color/Light/Size/Type, EBM vs ResNet regressor) and Fig. 11 "
@@ -494,6 +509,7 @@ def _eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--refine-steps", type=int, default=0, help="gradient steps after the grid (default 0)")
     p.add_argument("--compile", action="store_true",
                    help="grid passes under torch.compile (~30 s to compile, then faster per pair)")
+    add_autocast_arg(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--renderer", default="auto", choices=("auto", "mujoco", "numpy"))
     p.add_argument("--cache-dir", default=None)
@@ -554,14 +570,17 @@ def cli_main(argv: list[str] | None = None) -> int:
     for name in SET_NAMES if a.n else ():
         images, labels = load(splits[name])
         sets[name] = (_as_float_images(images), torch.from_numpy(labels["pos"]))
-    table = evaluate_table3(sets, ebm, regressor, grid=a.grid, refine_steps=a.refine_steps, compile=a.compile)
+    autocast = AUTOCAST_CHOICES[a.autocast]
+    table = evaluate_table3(sets, ebm, regressor, grid=a.grid, refine_steps=a.refine_steps, compile=a.compile,
+                            autocast=autocast)
     curve = None
     if ebm is not None and a.concepts:
         mv = multiview_split(a.concepts, a.views, resolution, a.seed + 100)
         images, labels = load(mv)
         x = _as_float_images(images).view(a.concepts, a.views, 3, resolution, resolution)
         curve = error_vs_views(ebm, x, torch.from_numpy(labels["pos"][::a.views]), grid=a.grid,
-                               refine_steps=a.refine_steps, regressor=regressor, compile=a.compile)
+                               refine_steps=a.refine_steps, regressor=regressor, compile=a.compile,
+                               autocast=autocast)
     two = None
     if ebm is not None and a.two_objects > 0:
         two = two_object_maps(ebm, a.two_objects, resolution, grid=a.grid, renderer=a.renderer, seed=a.seed + 200,
@@ -570,7 +589,7 @@ def cli_main(argv: list[str] | None = None) -> int:
             "device": f"cpu x{torch.get_num_threads()} threads", "torch": torch.__version__,
             "ebm": a.ebm, "ebm_meta": ebm_meta, "regressor": a.regressor or ("trained" if regressor else None),
             "splits": {k: v.to_dict() for k, v in splits.items() if a.n or k == "train"}, "grid": a.grid,
-            "refine_steps": a.refine_steps, "compile": a.compile, "renderer": scenes.resolve_renderer(a.renderer),
+            "refine_steps": a.refine_steps, "compile": a.compile, "autocast": a.autocast, "renderer": scenes.resolve_renderer(a.renderer),
             "seconds": round(time.perf_counter() - t0, 1)}
     path = write_report(out, table, curve, meta, two)
     if any(table.values()):
@@ -618,6 +637,7 @@ def infer_cli_main(argv: list[str] | None = None) -> int:
                         "density: exp(-(E - min))")
     p.add_argument("--compile", action="store_true",
                    help="grid passes under torch.compile (pays off for many images: ~30 s to compile)")
+    add_autocast_arg(p)
     a = p.parse_args(argv)
     from .models import load_model
 
@@ -628,7 +648,8 @@ def infer_cli_main(argv: list[str] | None = None) -> int:
     x, pos = _load_images(a.images)
     if a.views:
         x = x.unsqueeze(0)
-    pred = ebm_positions(model, x, grid=a.grid, refine_steps=a.refine, views=a.views, compile=a.compile)
+    pred = ebm_positions(model, x, grid=a.grid, refine_steps=a.refine, views=a.views, compile=a.compile,
+                         autocast=AUTOCAST_CHOICES[a.autocast])
     for i, (px, py) in enumerate(pred.tolist()):
         line = f"{'views' if a.views else 'image'} {i}: x={px:+.4f} y={py:+.4f}"
         if pos is not None and not a.views:

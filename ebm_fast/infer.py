@@ -5,7 +5,9 @@ Three tools, from coarse to fine:
 * :func:`grid_energies` / :func:`infer_grid` evaluate every (image, candidate condition) pair of a
   candidate grid in batched forward passes, chunked to a memory budget, and return the full energy
   table and its argmin. Observations of one concept (several views, sizes or lights of the same
-  object) are passed as ``images`` of shape ``(B, V, ...)``; their energies add.
+  object) are passed as ``images`` of shape ``(B, V, ...)``; their energies add. ``autocast=``
+  ``torch.bfloat16`` screens the grid at the lower precision and re-scores the lowest candidates in
+  float32.
 * :func:`refine` improves continuous conditions by gradient descent (or Langevin dynamics) on ``c``
   inside box bounds, started from the best grid point.
 * :func:`energy_map` / :func:`energy_map_image` give the energy over a 2-D grid of conditions (e.g.
@@ -26,7 +28,7 @@ import torch
 from torch import Tensor
 
 from .compose import leaf_energy_from_output
-from .leaf_eval import prefers_channels_last
+from .leaf_eval import AUTOCAST_DTYPES, prefers_channels_last
 
 __all__ = ["InferResult", "grid_energies", "infer_grid", "refine", "position_grid", "energy_map",
            "energy_map_image"]
@@ -35,6 +37,8 @@ __all__ = ["InferResult", "grid_energies", "infer_grid", "refine", "position_gri
 # small32 at 32x32 (one thread) ran 0.51-0.59 ms per pair in passes of 42-170 rows against 0.65 at 341
 # rows and 0.79 at 21. On a GPU, bigger passes fill the device.
 DEFAULT_BUDGET_BYTES = {"cpu": 64 * 2**20, "cuda": 1024 * 2**20}
+# activation bytes of a pass per input byte, the default estimate that sizes passes against the budget
+DEFAULT_ACTIVATION_FACTOR = 64.0
 
 
 def default_budget(device: torch.device) -> int:
@@ -69,12 +73,35 @@ def _shared_split(model) -> tuple[Callable, Callable] | None:
     return (head, tail) if callable(head) and callable(tail) else None
 
 
-# compiled grid passes, per model object: {rows: fn}
+def _check_autocast(autocast) -> None:
+    if autocast is not None and autocast not in AUTOCAST_DTYPES:
+        raise ValueError(f"autocast must be None, torch.bfloat16 or torch.float16, got {autocast!r}")
+
+
+def _autocast_context(autocast, device: torch.device):
+    """``torch.autocast`` to ``autocast`` on ``device``'s type, or nothing for ``None``."""
+    return contextlib.nullcontext() if autocast is None else torch.autocast(device.type, dtype=autocast)
+
+
+def _under_autocast(fn: Callable, autocast, device: torch.device) -> Callable:
+    """``fn`` run under :func:`_autocast_context` (itself when ``autocast`` is None)."""
+    if autocast is None:
+        return fn
+
+    def run(*args):
+        with _autocast_context(autocast, device):
+            return fn(*args)
+
+    return run
+
+
+# compiled grid passes, per model object: {(rows, autocast dtype or None): fn}
 _COMPILED_PASSES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def _compiled_pass(fn: Callable, owner, rows: int) -> Callable:
-    """``torch.compile(fn)`` for passes of exactly ``rows`` pairs, cached on ``owner`` (the model).
+def _compiled_pass(fn: Callable, owner, rows: int, autocast, device: torch.device) -> Callable:
+    """``torch.compile(fn)`` (under ``autocast`` when given) for passes of exactly ``rows`` pairs,
+    cached on ``owner`` (the model).
 
     Every pass is padded to ``rows`` so one compiled graph serves the whole grid and later calls;
     compiling takes tens of seconds on a 2-core CPU, so this pays off for large grids or many images.
@@ -83,9 +110,9 @@ def _compiled_pass(fn: Callable, owner, rows: int) -> Callable:
         per_model = _COMPILED_PASSES.setdefault(owner, {})
     except TypeError:  # not weak-referenceable: compile afresh
         per_model = {}
-    compiled = per_model.get(rows)
+    compiled = per_model.get((rows, autocast))
     if compiled is None:
-        compiled = per_model[rows] = torch.compile(fn, dynamic=False)
+        compiled = per_model[(rows, autocast)] = torch.compile(_under_autocast(fn, autocast, device), dynamic=False)
     return compiled
 
 
@@ -99,7 +126,8 @@ def _weights_cached(model):
 
 def grid_energies(model: Callable[[Tensor, Tensor], Tensor], images: Tensor, candidates: Tensor, *,
                   views: bool = False, budget_bytes: int | None = None,
-                  activation_factor: float = 64.0, compile: bool = False) -> Tensor:
+                  activation_factor: float = DEFAULT_ACTIVATION_FACTOR, compile: bool = False,
+                  autocast: torch.dtype | None = None) -> Tensor:
     """Energies of every (image, candidate) pair, summed over views: ``(B, K)``.
 
     Args:
@@ -115,6 +143,11 @@ def grid_energies(model: Callable[[Tensor, Tensor], Tensor], images: Tensor, can
             in passes padded to one fixed size. The compiled code is cached per model object, so the
             first call pays the compilation (tens of seconds on a 2-core CPU) and later calls reuse it;
             worth it for large grids or many images (the paper's Table 3), not for one small query.
+        autocast: None (float32), or ``torch.bfloat16`` / ``torch.float16``: run the model under
+            ``torch.autocast``. Faster where the hardware has low-precision units (CPUs with AMX or
+            AVX-512 BF16, GPUs), slower where it has not; the energies carry the lower precision
+            (bfloat16: ~3 significant digits), so neighbouring candidates can swap order.
+            :func:`infer_grid` re-scores the lowest ones in float32.
 
     Returns:
         float32 ``(B, K)``.
@@ -132,6 +165,7 @@ def grid_energies(model: Callable[[Tensor, Tensor], Tensor], images: Tensor, can
                          f"{tuple(candidates.shape) if isinstance(candidates, Tensor) else type(candidates)}")
     if candidates.device != images.device:
         raise ValueError(f"candidates are on {candidates.device} but images are on {images.device}")
+    _check_autocast(autocast)
     if views:
         if images.dim() < 3:
             raise ValueError(f"views=True needs images of shape (B, V, ...), got {tuple(images.shape)}")
@@ -154,37 +188,91 @@ def grid_energies(model: Callable[[Tensor, Tensor], Tensor], images: Tensor, can
     # `rows`. With a condition-free split, the block's shared features are computed once per image.
     per_block = max(1, rows // k)
     per_pair = split[1] if split else model
+    head = _under_autocast(split[0], autocast, images.device) if split else None
     if compile:
-        per_pair = _compiled_pass(per_pair, model, rows)
+        per_pair = _compiled_pass(per_pair, model, rows, autocast, images.device)
+    else:
+        per_pair = _under_autocast(per_pair, autocast, images.device)
     # Compiled passes see the live parametrized weights; caching them would be a new tensor per call.
     with torch.no_grad(), (contextlib.nullcontext() if compile else _weights_cached(model)):
         for a in range(0, flat.shape[0], per_block):
-            block = flat[a:a + per_block]
-            if nhwc:
-                block = block.contiguous(memory_format=torch.channels_last)
-            feats = split[0](block) if split else None
-            total = block.shape[0] * k
+            source = _pair_source(head, flat[a:a + per_block], nhwc)
+            total = min(per_block, flat.shape[0] - a) * k
             for start in range(0, total, rows):
                 stop = min(total, start + rows)
                 # a compiled pass always has `rows` pairs: the last one repeats its final pair
                 p = torch.arange(start, start + rows if compile else stop, device=images.device).clamp_(max=stop - 1)
-                i, j = p // k, p % k
-                e = per_pair(tuple(f[i] for f in feats) if split else block[i], candidates[j])
-                e = leaf_energy_from_output(e, p.shape[0], "model")[:stop - start]
-                out[a:a + block.shape[0]].view(-1)[start:stop] = e.float()
+                e = _pair_pass(per_pair, source, p // k, candidates[p % k])[:stop - start]
+                out[a:a + per_block].view(-1)[start:stop] = e.float()
     return out.view(b, v, k).sum(1)
 
 
+def _pair_source(head: Callable | None, block: Tensor, nhwc: bool):
+    """What the per-pair part reads for a block of images: the condition-free head's features (a
+    tuple), or the images themselves (NHWC when the model prefers it)."""
+    if nhwc:
+        block = block.contiguous(memory_format=torch.channels_last)
+    return head(block) if head is not None else block
+
+
+def _pair_pass(per_pair: Callable, source, i: Tensor, conds: Tensor) -> Tensor:
+    """Energies ``(P,)`` of the block's images ``i`` under ``conds`` (one per pair)."""
+    rows = tuple(f[i] for f in source) if isinstance(source, tuple) else source[i]
+    return leaf_energy_from_output(per_pair(rows, conds), i.shape[0], "model")
+
+
 def infer_grid(model, images: Tensor, candidates: Tensor, *, views: bool = False,
-               budget_bytes: int | None = None, compile: bool = False) -> InferResult:
+               budget_bytes: int | None = None, compile: bool = False, autocast: torch.dtype | None = None,
+               rescore: int = 4) -> InferResult:
     """The candidate with the lowest (summed) energy for each image or group of views
-    (arguments as :func:`grid_energies`)."""
-    energies = grid_energies(model, images, candidates, views=views, budget_bytes=budget_bytes, compile=compile)
+    (arguments as :func:`grid_energies`).
+
+    With ``autocast`` the table is a screen at the lower precision: the ``rescore`` lowest candidates
+    of each image (or group of views) are evaluated again in float32, the result is the argmin among
+    them, ``energy`` is its float32 energy, and those entries of ``energies`` hold their float32
+    values (``rescore=0``: the screen's own argmin). Without ``autocast`` nothing is re-scored.
+    """
+    if isinstance(rescore, bool) or not isinstance(rescore, int) or rescore < 0:
+        raise ValueError(f"rescore must be an integer >= 0, got {rescore!r}")
+    energies = grid_energies(model, images, candidates, views=views, budget_bytes=budget_bytes, compile=compile,
+                             autocast=autocast)
     if not torch.isfinite(energies).all():
         bad = (~torch.isfinite(energies)).nonzero()[0].tolist()
         raise FloatingPointError(f"non-finite energy for image {bad[0]} and candidate {bad[1]}")
-    energy, index = energies.min(dim=1)
+    if autocast is None or rescore == 0:
+        energy, index = energies.min(dim=1)
+    else:
+        top = energies.topk(min(rescore, energies.shape[1]), dim=1, largest=False).indices  # (B, r)
+        exact = _pair_energies(model, images, candidates, top, views=views, budget_bytes=budget_bytes)
+        energies.scatter_(1, top, exact)
+        energy, best = exact.min(dim=1)
+        index = top.gather(1, best[:, None]).squeeze(1)
     return InferResult(cond=candidates[index], index=index, energy=energy, energies=energies)
+
+
+def _pair_energies(model, images: Tensor, candidates: Tensor, index: Tensor, *, views: bool,
+                   budget_bytes: int | None) -> Tensor:
+    """float32 energies ``(B, r)`` of image (or group of views) ``b`` under ``candidates[index[b, j]]``,
+    in float32, eager, with the condition-free head once per image, in passes of the rows
+    :func:`grid_energies` would use."""
+    b, r = index.shape
+    v = images.shape[1] if views else 1
+    flat = images.reshape(b * v, *images.shape[2:]) if views else images
+    rows = _rows_per_chunk(flat[0].numel(), flat.element_size(),
+                           default_budget(images.device) if budget_bytes is None else budget_bytes,
+                           DEFAULT_ACTIVATION_FACTOR)
+    split = _shared_split(model)
+    nhwc = flat.dim() == 4 and prefers_channels_last(model, flat.device)
+    per_block = max(1, rows // r)
+    cand_of = index.repeat_interleave(v, dim=0)  # (B * V, r): each view under its group's candidates
+    out = torch.empty(b * v, r, dtype=torch.float32, device=images.device)
+    with torch.no_grad(), _weights_cached(model):
+        for a in range(0, flat.shape[0], per_block):
+            source = _pair_source(split[0] if split else None, flat[a:a + per_block], nhwc)
+            p = torch.arange(min(per_block, flat.shape[0] - a) * r, device=images.device)
+            out[a:a + per_block] = _pair_pass(split[1] if split else model, source, p // r,
+                                              candidates[cand_of[a:a + per_block].reshape(-1)]).float().view(-1, r)
+    return out.view(b, v, r).sum(1)
 
 
 def refine(model, images: Tensor, init: Tensor, *, lo: Tensor | float, hi: Tensor | float, steps: int = 50,

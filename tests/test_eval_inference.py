@@ -260,6 +260,12 @@ def test_infer_cli_prints_the_grid_argmin(tmp_path, capsys):
 
     with Image.open(tmp_path / "e.png") as im:
         assert 0.3 <= float((np.asarray(im) == 0).mean()) <= 0.7
+    # --autocast bf16: the grid screened in bfloat16, its lowest candidates re-scored in float32
+    assert ei.infer_cli_main(["--model", str(tmp_path / "m.pt"), "--images", str(tmp_path / "x.npz"),
+                              "--grid", "7", "--autocast", "bf16"]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("image")]
+    got = torch.tensor([[float(t.split("=")[1]) for t in ln.split(":")[1].split()[:2]] for ln in lines])
+    torch.testing.assert_close(got, ei.ebm_positions(loaded, x, grid=7, autocast=torch.bfloat16), atol=1e-4, rtol=0)
     assert ei.infer_cli_main(["--model", str(tmp_path / "m.pt"), "--images", str(tmp_path / "x.npz"),
                               "--grid", "7", "--views"]) == 0
     assert capsys.readouterr().out.count("views 0:") == 1

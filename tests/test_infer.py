@@ -137,16 +137,21 @@ def test_bad_inputs():
         infer.refine(model, torch.rand(2, 2), torch.rand(3, 2), lo=-1, hi=1)
 
 
+def _conditioned_tiny(gen):
+    from ebm_fast.models import build_model
+
+    torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))
+    model = build_model("tiny", cond_dim=2, cond_type="continuous").eval()
+    for film in (m for m in model.modules() if m.__class__.__name__ == "FiLM"):  # make the condition matter
+        torch.nn.init.normal_(film.linear.weight, std=0.5)
+    return model
+
+
 def test_compiled_grid_energies_equal_eager_with_padded_passes():
     """compile=True pads every pass to one size (whole images' grids, or fewer rows than one grid):
     the table equals the eager one, including the last, padded pass, and a second call reuses the code."""
-    from ebm_fast.models import build_model
-
     gen = _gen()
-    torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))
-    model = build_model("tiny", cond_dim=2, cond_type="continuous").eval()
-    for film in (m for m in model.modules() if m.__class__.__name__ == "FiLM"):
-        torch.nn.init.normal_(film.linear.weight, std=0.5)
+    model = _conditioned_tiny(gen)
     images = torch.rand(5, 3, 16, 16, generator=gen)
     cands = infer.position_grid(3)
     eager = infer.grid_energies(model, images, cands)
@@ -155,7 +160,45 @@ def test_compiled_grid_energies_equal_eager_with_padded_passes():
         for _ in range(2):
             got = infer.grid_energies(model, images, cands, budget_bytes=budget, compile=True)
             torch.testing.assert_close(got, eager, rtol=1e-4, atol=1e-5)
-    assert set(infer._COMPILED_PASSES[model]) == {4, 18}
+    assert set(infer._COMPILED_PASSES[model]) == {(4, None), (18, None)}
+    # under bfloat16 autocast: its own compiled passes, within bfloat16's precision of the eager table
+    got = infer.grid_energies(model, images, cands, budget_bytes=4 * pair_bytes, compile=True, autocast=torch.bfloat16)
+    torch.testing.assert_close(got, eager, rtol=0, atol=0.03 * float(eager.abs().max()))
+    assert (4, torch.bfloat16) in infer._COMPILED_PASSES[model]
+
+
+def test_autocast_screen_is_rescored_in_float32():
+    """autocast=bfloat16: the table is within bfloat16's precision of the float32 one (and not equal to
+    it: the low precision was used); infer_grid re-scores the screen's lowest candidates in float32, so
+    re-scoring all of them gives the float32 argmin and table, and re-scoring three returns one of the
+    screen's three lowest with its float32 energy, the lowest of the three in float32."""
+    gen = _gen()
+    model = _conditioned_tiny(gen)
+    images = torch.rand(6, 2, 3, 16, 16, generator=gen)  # (B, V, C, H, W)
+    cands = infer.position_grid(4)
+    exact = infer.infer_grid(model, images, cands, views=True)
+    screen = infer.grid_energies(model, images, cands, views=True, autocast=torch.bfloat16)
+    scale = float(exact.energies.abs().max())
+    torch.testing.assert_close(screen, exact.energies, rtol=0, atol=0.03 * scale)
+    assert not torch.equal(screen, exact.energies)
+    full = infer.infer_grid(model, images, cands, views=True, autocast=torch.bfloat16, rescore=len(cands))
+    torch.testing.assert_close(full.energies, exact.energies, rtol=1e-5, atol=1e-5 * scale)
+    assert torch.equal(full.index, exact.index)
+    torch.testing.assert_close(full.energy, exact.energy, rtol=1e-5, atol=1e-5 * scale)
+    part = infer.infer_grid(model, images, cands, views=True, autocast=torch.bfloat16, rescore=3)
+    top3 = screen.topk(3, dim=1, largest=False).indices
+    assert all(int(part.index[b]) in top3[b].tolist() for b in range(len(images)))
+    exact_top3 = exact.energies.gather(1, top3)
+    torch.testing.assert_close(part.energy, exact_top3.min(1).values, rtol=1e-5, atol=1e-5 * scale)
+    torch.testing.assert_close(part.energies.gather(1, top3), exact_top3, rtol=1e-5, atol=1e-5 * scale)
+    torch.testing.assert_close(part.cond, cands[part.index])
+    # rescore=0: the screen's own argmin
+    assert torch.equal(infer.infer_grid(model, images, cands, views=True, autocast=torch.bfloat16,
+                                        rescore=0).index, screen.argmin(1))
+    with pytest.raises(ValueError, match="autocast"):
+        infer.grid_energies(model, images[:, 0], cands, autocast=torch.float64)
+    with pytest.raises(ValueError, match="rescore"):
+        infer.infer_grid(model, images[:, 0], cands, autocast=torch.bfloat16, rescore=-1)
 
 
 def test_grid_energies_of_an_ensemble_share_every_members_head():
