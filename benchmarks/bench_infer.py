@@ -63,6 +63,9 @@ def test_grid_inference_batched_vs_loop(benchmark, machine, images, grid):
                                  "speedup_compiled_vs_loop": times["loop"] / times["batched_compiled"]})
 
 
+RESCORE = 4  # candidates per image re-scored in float32 after the bf16 screen (infer_grid's default)
+
+
 def _scenes(n: int, resolution: int, seed: int) -> torch.Tensor:
     config = scenes.SceneConfig(n=n, resolution=resolution, seed=seed)
     images = scenes.render_scenes(scenes.sample_scene_params(config), resolution, renderer="numpy", workers=1,
@@ -78,13 +81,12 @@ def test_grid_inference_autocast_vs_loop(benchmark, machine, images, grid):
     x = _scenes(images, model.config["resolution"], seed=images)
     cands = infer.position_grid(grid).to(DEVICE)
     ref = per_candidate_loop(model, x, cands)
-    screened = infer.infer_grid(model, x, cands, compile=True, autocast=torch.bfloat16)
+    bf16 = {"compile": True, "autocast": torch.bfloat16, "rescore": RESCORE}
+    screened = infer.infer_grid(model, x, cands, **bf16)
     times = timed({"loop": lambda: per_candidate_loop(model, x, cands),
                    "batched_compiled": lambda: infer.grid_energies(model, x, cands, compile=True),
-                   "bf16_compiled": lambda: infer.infer_grid(model, x, cands, compile=True,
-                                                             autocast=torch.bfloat16)}, rounds=5)
-    benchmark.pedantic(infer.infer_grid, args=(model, x, cands), kwargs={"compile": True, "autocast": torch.bfloat16},
-                       rounds=3, iterations=1, warmup_rounds=1)
+                   "bf16_compiled": lambda: infer.infer_grid(model, x, cands, **bf16)}, rounds=5)
+    benchmark.pedantic(infer.infer_grid, args=(model, x, cands), kwargs=bf16, rounds=3, iterations=1, warmup_rounds=1)
     benchmark.extra_info.update(machine(DEVICE))
     benchmark.extra_info.update({"model": "shipped position concept", "images": images, "candidates": grid * grid,
                                  "loop_s": times["loop"], "batched_compiled_s": times["batched_compiled"],
@@ -92,4 +94,4 @@ def test_grid_inference_autocast_vs_loop(benchmark, machine, images, grid):
                                  "speedup_compiled_vs_loop": times["loop"] / times["batched_compiled"],
                                  "speedup_bf16_compiled_vs_loop": times["loop"] / times["bf16_compiled"],
                                  "argmin_agreement": float((screened.index == ref.argmin(1)).float().mean()),
-                                 "rescore": 4})
+                                 "rescore": RESCORE})
