@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from .compose import leaf_energy_from_output
-from .leaf_eval import AUTOCAST_DTYPES, prefers_channels_last
+from .leaf_eval import autocast_context, check_autocast, prefers_channels_last
 
 __all__ = ["InferResult", "grid_energies", "infer_grid", "refine", "position_grid", "energy_map",
            "energy_map_image"]
@@ -73,23 +73,13 @@ def _shared_split(model) -> tuple[Callable, Callable] | None:
     return (head, tail) if callable(head) and callable(tail) else None
 
 
-def _check_autocast(autocast) -> None:
-    if autocast is not None and autocast not in AUTOCAST_DTYPES:
-        raise ValueError(f"autocast must be None, torch.bfloat16 or torch.float16, got {autocast!r}")
-
-
-def _autocast_context(autocast, device: torch.device):
-    """``torch.autocast`` to ``autocast`` on ``device``'s type, or nothing for ``None``."""
-    return contextlib.nullcontext() if autocast is None else torch.autocast(device.type, dtype=autocast)
-
-
 def _under_autocast(fn: Callable, autocast, device: torch.device) -> Callable:
-    """``fn`` run under :func:`_autocast_context` (itself when ``autocast`` is None)."""
+    """``fn`` run under ``torch.autocast`` to ``autocast`` (itself when ``autocast`` is None)."""
     if autocast is None:
         return fn
 
     def run(*args):
-        with _autocast_context(autocast, device):
+        with autocast_context(autocast, device.type):
             return fn(*args)
 
     return run
@@ -165,7 +155,7 @@ def grid_energies(model: Callable[[Tensor, Tensor], Tensor], images: Tensor, can
                          f"{tuple(candidates.shape) if isinstance(candidates, Tensor) else type(candidates)}")
     if candidates.device != images.device:
         raise ValueError(f"candidates are on {candidates.device} but images are on {images.device}")
-    _check_autocast(autocast)
+    check_autocast(autocast)
     if views:
         if images.dim() < 3:
             raise ValueError(f"views=True needs images of shape (B, V, ...), got {tuple(images.shape)}")

@@ -45,11 +45,22 @@ from torch import Tensor, nn
 from .compose import Concept, leaf_energy_from_output
 
 __all__ = ["LeafEvaluator", "ModelParts", "inspect_model", "frozen_parameters", "couples_samples",
-           "GROUPINGS", "MEMORY_FORMATS", "AUTOCAST_DTYPES"]
+           "GROUPINGS", "MEMORY_FORMATS", "AUTOCAST_DTYPES", "check_autocast", "autocast_context"]
 
 GROUPINGS = ("auto", "batched", "per_leaf")
 MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
 AUTOCAST_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def check_autocast(autocast) -> None:
+    """Raise ``ValueError`` unless ``autocast`` is None or one of :data:`AUTOCAST_DTYPES`."""
+    if autocast is not None and autocast not in AUTOCAST_DTYPES:
+        raise ValueError(f"autocast must be None, torch.bfloat16 or torch.float16, got {autocast!r}")
+
+
+def autocast_context(autocast, device_type: str):
+    """``torch.autocast`` to ``autocast`` on ``device_type``, or a null context for None."""
+    return contextlib.nullcontext() if autocast is None else torch.autocast(device_type=device_type, dtype=autocast)
 
 
 # ---- what a model callable holds --------------------------------------------------------------
@@ -232,8 +243,7 @@ class LeafEvaluator:
             raise ValueError(f"grouping must be one of {GROUPINGS}, got {grouping!r}")
         if memory_format not in MEMORY_FORMATS:
             raise ValueError(f"memory_format must be one of {MEMORY_FORMATS}, got {memory_format!r}")
-        if autocast is not None and autocast not in AUTOCAST_DTYPES:
-            raise ValueError(f"autocast must be None, torch.bfloat16 or torch.float16, got {autocast!r}")
+        check_autocast(autocast)
         if not isinstance(compile, (bool, dict)):
             raise TypeError(f"compile must be a bool or a dict of torch.compile options, got {type(compile).__name__}")
         self.num_leaves = len(leaves)
@@ -356,9 +366,7 @@ class LeafEvaluator:
             return self._eval_group_once(group, x)
 
     def _autocast(self):
-        if self.autocast is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.autocast)
+        return autocast_context(self.autocast, self.device.type)
 
     def _eval_group_once(self, group: _Group, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(e, g)``: float32 ``[n, B]`` and ``grad_dtype`` ``[n, B, ...]`` (any layout) for the group."""
@@ -447,9 +455,7 @@ def _compiled_energy_grad(model, rows: int, batch: int, dtype: torch.dtype, auto
         return fn
 
     def total(xx: Tensor, cond: Tensor | None):
-        ctx = (torch.autocast(device_type=device_type, dtype=autocast) if autocast is not None
-               else contextlib.nullcontext())
-        with ctx:
+        with autocast_context(autocast, device_type):
             out = _call(model, xx, cond)
         e = leaf_energy_from_output(out, xx.shape[0], where).float()
         return e.sum(), e
