@@ -34,12 +34,21 @@ def _apart(gen, k: int, min_gap: float) -> torch.Tensor:
             return c
 
 
+def _distinct_depths(gen, k: int, min_gap: float = 0.15) -> torch.Tensor:
+    """Depths in [0.5, 2.5] at least ``min_gap`` apart: the grid samples a well up to half a spacing
+    off its centre, which makes it up to ~3% shallower, so nearly equal depths have no defined order."""
+    while True:
+        d = torch.rand(k, generator=gen) * 2 + 0.5
+        if k < 2 or torch.pdist(d[:, None]).min() >= min_gap:
+            return d
+
+
 def test_local_minima_returns_the_wells_deepest_first():
     gen = _gen()
     r = 41
     for _ in range(5):
         centres = _apart(gen, 3, 0.7)
-        depths = torch.rand(3, generator=gen) * 2 + 0.5
+        depths = _distinct_depths(gen, 3)
         emap = _wells(centres, depths, r)
         found = eto.local_minima(emap, 3)
         order = torch.argsort(depths, descending=True)
