@@ -242,8 +242,8 @@ def infer_grid(model, images: Tensor, candidates: Tensor, *, views: bool = False
 
 def _pair_energies(model, images: Tensor, candidates: Tensor, index: Tensor, *, views: bool,
                    budget_bytes: int | None) -> Tensor:
-    """float32 energies ``(B, r)`` of image (or group of views) ``b`` under ``candidates[index[b, j]]``,
-    in float32, eager, with the condition-free head once per image, in passes of the rows
+    """Energies ``(B, r)`` of image (or group of views) ``b`` under ``candidates[index[b, j]]``, in
+    float32 and eagerly, with the condition-free head once per image, in passes of the rows
     :func:`grid_energies` would use."""
     b, r = index.shape
     v = images.shape[1] if views else 1
