@@ -658,7 +658,8 @@ def infer_cli_main(argv: list[str] | None = None) -> int:
     if pos is not None and not a.views:
         print(f"mean |error| (normalised units): {position_error(pred, torch.from_numpy(np.asarray(pos)).float()):.4f}")
     if a.energy_map:
-        emap = energy_map(model, x[:1], resolution=a.grid, views=a.views)[0]
+        emap = energy_map(model, x[:1], resolution=a.grid, views=a.views, compile=a.compile,
+                          autocast=AUTOCAST_CHOICES[a.autocast])[0]
         energy_map_image(emap, a.energy_map, style=a.map_style)
         print(f"wrote {a.energy_map}")
     return 0

@@ -343,16 +343,18 @@ def position_grid(resolution: int, lo: float = -1.0, hi: float = 1.0, device=Non
 
 
 def energy_map(model, images: Tensor, resolution: int = 32, *, lo: float = -1.0, hi: float = 1.0,
-               views: bool = False, extra_cond: Tensor | None = None) -> Tensor:
+               views: bool = False, extra_cond: Tensor | None = None, **grid_options) -> Tensor:
     """Energy over a ``resolution x resolution`` grid of positions: ``(B, resolution, resolution)``.
 
     Row ``r`` is ``y = lo + r (hi - lo)/(resolution - 1)``, column ``s`` likewise ``x``. ``extra_cond``
     ``(C',)`` is appended to every position when the model's condition has more than two entries.
+    ``grid_options`` (``budget_bytes``, ``activation_factor``, ``compile``, ``autocast``) go to
+    :func:`grid_energies`; under ``autocast`` the map is the lower precision's, not re-scored.
     """
     grid = position_grid(resolution, lo, hi, device=images.device)
     if extra_cond is not None:
         grid = torch.cat([grid, extra_cond.to(grid).expand(grid.shape[0], -1)], dim=1)
-    return grid_energies(model, images, grid, views=views).view(-1, resolution, resolution)
+    return grid_energies(model, images, grid, views=views, **grid_options).view(-1, resolution, resolution)
 
 
 MAP_STYLES = ("density", "contrast")

@@ -262,10 +262,16 @@ def test_infer_cli_prints_the_grid_argmin(tmp_path, capsys):
         assert 0.3 <= float((np.asarray(im) == 0).mean()) <= 0.7
     # --autocast bf16: the grid screened in bfloat16, its lowest candidates re-scored in float32
     assert ei.infer_cli_main(["--model", str(tmp_path / "m.pt"), "--images", str(tmp_path / "x.npz"),
-                              "--grid", "7", "--autocast", "bf16"]) == 0
+                              "--grid", "7", "--autocast", "bf16", "--energy-map", str(tmp_path / "e16.png"), "--map-style", "density"]) == 0
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("image")]
     got = torch.tensor([[float(t.split("=")[1]) for t in ln.split(":")[1].split()[:2]] for ln in lines])
     torch.testing.assert_close(got, ei.ebm_positions(loaded, x, grid=7, autocast=torch.bfloat16), atol=1e-4, rtol=0)
+    # and the map is the bfloat16 one (in the density style, whose grey levels show the difference)
+    maps = {dt: np.asarray(ei.energy_map_image(ei.energy_map(loaded, x[:1], resolution=7, autocast=dt)[0],
+                                               style="density")) for dt in (None, torch.bfloat16)}
+    with Image.open(tmp_path / "e16.png") as im:
+        assert np.array_equal(np.asarray(im), maps[torch.bfloat16])
+    assert not np.array_equal(maps[None], maps[torch.bfloat16])  # (20 of 20 random models differ)
     assert ei.infer_cli_main(["--model", str(tmp_path / "m.pt"), "--images", str(tmp_path / "x.npz"),
                               "--grid", "7", "--views"]) == 0
     assert capsys.readouterr().out.count("views 0:") == 1

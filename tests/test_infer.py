@@ -192,6 +192,9 @@ def test_autocast_screen_is_rescored_in_float32():
     torch.testing.assert_close(part.energy, exact_top3.min(1).values, rtol=1e-5, atol=1e-5 * scale)
     torch.testing.assert_close(part.energies.gather(1, top3), exact_top3, rtol=1e-5, atol=1e-5 * scale)
     torch.testing.assert_close(part.cond, cands[part.index])
+    # energy_map takes the same options: under autocast it is the screen, laid out on the grid
+    emap = infer.energy_map(model, images, resolution=4, views=True, autocast=torch.bfloat16)
+    torch.testing.assert_close(emap.view(len(images), -1), screen, rtol=0, atol=0)
     # rescore=0: the screen's own argmin
     assert torch.equal(infer.infer_grid(model, images, cands, views=True, autocast=torch.bfloat16,
                                         rescore=0).index, screen.argmin(1))
