@@ -75,12 +75,12 @@ def label_key(name: str) -> str:
 
 # Config fields a resumed run may change (bookkeeping, where the run folder now is, and how the same
 # chains are executed: compiled or eager, which step backend); any other difference is an error.
-# cond_contrast (and cond_jitter, cond_reg) may also be switched on (or re-weighted) in a resumed run, so
+# cond_contrast (and cond_jitter, cond_reg, cond_adv) may also be switched on (or re-weighted) in a resumed run, so
 # a run that has not learned to read its condition can be fine-tuned with the term (its log lines carry
 # cond_loss from then on); init_from is read only when a run starts.
 RESUME_OVERRIDABLE = ("iterations", "log_every", "image_every", "checkpoint_every", "export_every", "progress",
                       "threads", "device", "resume", "compile", "backend", "out", "cond_contrast", "cond_jitter",
-                      "cond_reg", "init_from", "max_minutes")
+                      "cond_reg", "cond_adv", "init_from", "max_minutes")
 
 
 @dataclass
@@ -120,6 +120,7 @@ class TrainConfig(DictConfig):
     cond_contrast: float = 0.0
     cond_jitter: float = 0.0
     cond_reg: float = 0.0
+    cond_adv: float = 0.0
     grad_clip: float | None = None
     ema: float | None = None
     # negatives
@@ -170,7 +171,8 @@ class TrainConfig(DictConfig):
         positive("cond_contrast", integer=False, allow_zero=True)
         positive("cond_jitter", integer=False, allow_zero=True)
         positive("cond_reg", integer=False, allow_zero=True)
-        for name in ("cond_jitter", "cond_reg"):
+        positive("cond_adv", integer=False, allow_zero=True)
+        for name in ("cond_jitter", "cond_reg", "cond_adv"):
             if getattr(self, name) and not self.cond_contrast:
                 raise ValueError(f"{name}: acts on the wrong conditions of the ranking term; set cond_contrast > 0 too")
         for name in ("grad_clip", "sample_grad_clip", "max_minutes"):
@@ -547,6 +549,23 @@ class Trainer:
             wrong[1::2] = near[1::2]  # cond[perm] is a copy
         return wrong
 
+    def adversarial_positives(self, x_pos: Tensor, cond_pos: Tensor, cond_wrong: Tensor, differs: Tensor) -> Tensor:
+        """The positives moved towards their wrong conditions, for the ``cond_adv`` term: a uniform random
+        start in the L-inf ball of radius ``cond_adv`` around each image, then one step of ``cond_adv *
+        sign(gradient)`` that raises the ranking loss ``softplus(E(x|c+) - E(x|c~))``, projected back
+        into the ball and into [0, 1] (a one-step attack with a random start). Trained on these, the
+        condition is read from what moving a pixel by ``cond_adv`` cannot change, so that lowering
+        ``E(x | c)`` has to draw ``c``. The random start is drawn from the run's generator."""
+        eps, b = self.config.cond_adv, x_pos.shape[0]
+        start = (torch.rand(x_pos.shape, generator=self.gen) * 2 - 1).to(x_pos) * eps
+        x = (x_pos + start).clamp(0, 1).requires_grad_(True)
+        with torch.enable_grad():
+            e = self.model(torch.cat([x, x]), torch.cat([cond_pos, cond_wrong])).reshape(2 * b, -1).sum(1)
+            rank = (torch.nn.functional.softplus(e[:b] - e[b:]) * differs).sum()
+            (grad,) = torch.autograd.grad(rank, x)
+        moved = x.detach() + eps * grad.sign()
+        return torch.minimum(torch.maximum(moved, x_pos - eps), x_pos + eps).clamp(0, 1)
+
     def update(self, x_pos: Tensor, x_neg: Tensor, cond_pos: Tensor | None, cond_neg: Tensor | None) -> dict:
         """One optimiser step on the contrastive loss; returns ``loss``, ``e_pos``, ``e_neg`` (floats),
         and ``cond_loss`` when ``cond_contrast`` is on.
@@ -559,6 +578,8 @@ class Trainer:
         mu > 0 it also adds ``mu * mean(E(x+|c~)^2)`` over the same pairs: the paper's regulariser on the
         one energy it does not otherwise see. Without it the ranking term lifts E(x+|c~) far above the
         negatives' energies (to ~+7 against +0.5), and the energy becomes too steep for the chains.
+        With ``cond_adv`` > 0 both act on :meth:`adversarial_positives` instead of the clean positives
+        (the contrastive term keeps the clean ones), which adds the positives once more to the forward.
 
         All rows (positives, negatives, and the positives under wrong conditions) go through one forward
         (the DDP wrapper's, so its gradient all-reduce runs once per iteration).
@@ -568,10 +589,15 @@ class Trainer:
         self.model.train()
         xs, conds = [x_pos, x_neg], [cond_pos, cond_neg]
         contrast = c.cond_contrast > 0 and cond_pos is not None
+        adv = contrast and c.cond_adv > 0
         if contrast:
             cond_wrong = self.mismatched_conditions(cond_pos)
             differs = (cond_wrong != cond_pos).reshape(b, -1).any(1)
-            xs.append(x_pos)
+            if adv:
+                x_adv = self.adversarial_positives(x_pos, cond_pos, cond_wrong, differs)
+                xs.append(x_adv)
+                conds.append(cond_pos)
+            xs.append(x_adv if adv else x_pos)
             conds.append(cond_wrong)
         x = torch.cat(xs)
         if self._update_channels_last:
@@ -582,8 +608,9 @@ class Trainer:
         loss = (e_pos - e_neg).mean() + c.alpha * (e_pos.square() + e_neg.square()).mean()
         out = {}
         if contrast:
-            e_wrong, pairs = e[2 * b:], differs.sum().clamp(min=1)
-            cond_loss = (torch.nn.functional.softplus(e_pos - e_wrong) * differs).sum() / pairs
+            e_right = e[2 * b:3 * b] if adv else e_pos
+            e_wrong, pairs = e[-b:], differs.sum().clamp(min=1)
+            cond_loss = (torch.nn.functional.softplus(e_right - e_wrong) * differs).sum() / pairs
             loss = loss + c.cond_contrast * cond_loss
             if c.cond_reg > 0:
                 loss = loss + c.cond_reg * (e_wrong.square() * differs).sum() / pairs
@@ -944,6 +971,9 @@ def _parser() -> argparse.ArgumentParser:
                                 "true one plus Gaussian noise of this scale (a near miss; 0: off)")
     opt("--cond-reg", float, "weight of the regulariser E(x+|wrong c)^2 on the ranking term's energies, which keeps "
                              "them near the negatives' (0: off; may be switched on when resuming)")
+    opt("--cond-adv", float, "the ranking term (and --cond-reg) on adversarial positives: each positive moved by a "
+                             "random start and one signed-gradient step within this L-inf radius (pixel units, "
+                             "e.g. 0.03) towards its wrong condition (0: off; may be switched on when resuming)")
     opt("--grad-clip", none_or(float), "clip the gradient norm to this value (none: off)")
     opt("--ema", none_or(float), "EMA decay of the weights, e.g. 0.999 (none: off)")
     opt("--langevin-steps", int, "Langevin steps per negative chain (K)")

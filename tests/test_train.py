@@ -412,6 +412,69 @@ def test_cond_contrast_term_is_the_logistic_ranking_of_right_against_wrong_condi
         TrainConfig(cond="color", cond_reg=1.0)
 
 
+
+def test_cond_adv_ranks_right_against_wrong_conditions_on_attacked_positives(tmp_path):
+    """cond_adv = eps: each positive gets a uniform start in the eps-ball (the run's generator), then one
+    step eps * sign(grad) of the ranking loss, computed here image by image with autograd; the result
+    stays in the ball and in [0, 1], and raises the ranking loss over the random start. update() then
+    ranks right against wrong conditions on those images (cond_loss, e_wrong), while the contrastive
+    term keeps the clean positives."""
+    import copy
+
+    seed = int(torch.randint(0, 2**31, (1,)))
+    eps = 0.03
+    data = synthetic_data(64, 16, seed % 1000)
+    tr = Trainer(_small(tmp_path, cond="color", cond_contrast=0.7, cond_reg=0.3, cond_adv=eps, seed=seed % 97,
+                        spectral_norm=False), data=data)
+    for film in (m for m in tr.model.modules() if m.__class__.__name__ == "FiLM"):
+        torch.nn.init.normal_(film.linear.weight, std=0.5)
+    x_pos, (c_pos,) = data.batch(torch.randint(0, len(data), (8,)), tr.cond_names)
+    x_neg = torch.rand_like(x_pos)
+    before = copy.deepcopy(tr.model).train()
+    state = tr.gen.get_state()
+
+    def rank(x, c, w):  # one image at a time
+        return torch.nn.functional.softplus(before(x, c)[0] - before(x, w)[0])
+
+    wrong = tr.mismatched_conditions(c_pos)
+    start = (x_pos + (torch.rand(x_pos.shape, generator=tr.gen) * 2 - 1) * eps).clamp(0, 1)
+    expect, raised = [], 0
+    for i in range(8):
+        xi = start[i:i + 1].clone().requires_grad_(True)
+        loss = rank(xi, c_pos[i:i + 1], wrong[i:i + 1])
+        (g,) = torch.autograd.grad(loss, xi)
+        xa = torch.minimum(torch.maximum(xi.detach() + eps * g.sign(), x_pos[i:i + 1] - eps), x_pos[i:i + 1] + eps)
+        expect.append(xa.clamp(0, 1))
+        with torch.no_grad():
+            raised += float(rank(expect[-1], c_pos[i:i + 1], wrong[i:i + 1])) > float(loss)
+    expect = torch.cat(expect)
+    tr.gen.set_state(state)
+    wrong = tr.mismatched_conditions(c_pos)
+    got = tr.adversarial_positives(x_pos, c_pos, wrong, torch.ones(8, dtype=torch.bool))
+    assert float((got - x_pos).abs().max()) <= eps + 1e-6 and float(got.min()) >= 0 and float(got.max()) <= 1
+    assert float((got - expect).abs().gt(1e-6).float().mean()) < 0.01  # a sign may flip where the gradient is ~0
+    assert float((got - x_pos).abs().mean()) > eps / 4 and raised >= 6
+
+    tr.gen.set_state(state)
+    stats = tr.update(x_pos, x_neg, c_pos, c_pos)
+    tr.gen.set_state(state)
+    tr.model.load_state_dict(before.state_dict())  # the attack as update() saw it, before its optimiser step
+    wrong = tr.mismatched_conditions(c_pos)
+    attacked = tr.adversarial_positives(x_pos, c_pos, wrong, wrong != c_pos)
+    with torch.no_grad():
+        e_right = torch.stack([before(attacked[i:i + 1], c_pos[i:i + 1])[0] for i in range(8)]).double()
+        e_wrong = torch.stack([before(attacked[i:i + 1], wrong[i:i + 1])[0] for i in range(8)]).double()
+        e_pos = torch.stack([before(x_pos[i:i + 1], c_pos[i:i + 1])[0] for i in range(8)]).double()
+        e_neg = torch.stack([before(x_neg[i:i + 1], c_pos[i:i + 1])[0] for i in range(8)]).double()
+    cond_loss = float(torch.nn.functional.softplus(e_right - e_wrong).mean())
+    assert abs(stats["cond_loss"] - cond_loss) < 1e-5 and abs(stats["e_wrong"] - float(e_wrong.mean())) < 1e-5
+    paper = float((e_pos - e_neg).mean() + (e_pos.square() + e_neg.square()).mean())
+    assert abs(stats["loss"] - (paper + 0.7 * cond_loss + 0.3 * float(e_wrong.square().mean()))) < 1e-5
+    with pytest.raises(ValueError, match="cond_adv: acts on the wrong conditions"):
+        TrainConfig(cond="color", cond_adv=0.03)
+    with pytest.raises(ValueError, match="cond_adv"):
+        TrainConfig(cond="color", cond_contrast=1.0, cond_adv=-0.1)
+
 def test_cond_jitter_makes_every_second_wrong_position_a_near_miss(tmp_path):
     """With cond_jitter s, odd rows of the wrong conditions are the true position plus noise of scale
     s (empirical scale within 15% over 2048 draws), even rows stay a permutation of the batch's
