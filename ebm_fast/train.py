@@ -553,9 +553,10 @@ class Trainer:
         """The positives moved towards their wrong conditions, for the ``cond_adv`` term: a uniform random
         start in the L-inf ball of radius ``cond_adv`` around each image, then one step of ``cond_adv *
         sign(gradient)`` that raises the ranking loss ``softplus(E(x|c+) - E(x|c~))``, projected back
-        into the ball and into [0, 1] (a one-step attack with a random start). Trained on these, the
-        condition is read from what moving a pixel by ``cond_adv`` cannot change, so that lowering
-        ``E(x | c)`` has to draw ``c``. The random start is drawn from the run's generator."""
+        into the ball and into [0, 1] (a one-step attack with a random start). The aim: a condition read
+        from what moving a pixel by ``cond_adv`` cannot change, so that lowering ``E(x | c)`` draws
+        ``c``. One step can carry the label instead (session 17 measured that; docs/training.md). The
+        random start is drawn from the run's generator."""
         eps, b = self.config.cond_adv, x_pos.shape[0]
         start = (torch.rand(x_pos.shape, generator=self.gen) * 2 - 1).to(x_pos) * eps
         x = (x_pos + start).clamp(0, 1).requires_grad_(True)

@@ -18,11 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
-
 import ebm_fast as ef
 from ebm_fast.concepts import concept_paths
-from ebm_fast.data.scenes import SceneConfig, render_scenes, sample_scene_params
+from ebm_fast.data.scenes import SceneConfig, render_scenes, sample_scene_params, save_image_grid
 from ebm_fast.judges import SHAPES, Judges
 from ebm_fast.models import load_model
 
@@ -35,8 +33,8 @@ def onehot(k: int, n: int) -> torch.Tensor:
 
 
 def grid(x: torch.Tensor, rows: int, path: Path) -> None:
-    g = x[: rows * 8].clamp(0, 1).view(rows, 8, 3, 32, 32).permute(0, 3, 1, 4, 2).reshape(rows * 32, 256, 3)
-    Image.fromarray((g.numpy() * 255).round().astype(np.uint8)).resize((768, rows * 96), Image.NEAREST).save(path)
+    images = (x[: rows * 8].clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    save_image_grid(path, images, ncols=8, scale=3)
 
 
 def own_reading(model, x: torch.Tensor) -> torch.Tensor:
