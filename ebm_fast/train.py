@@ -75,12 +75,13 @@ def label_key(name: str) -> str:
 
 # Config fields a resumed run may change (bookkeeping, where the run folder now is, and how the same
 # chains are executed: compiled or eager, which step backend); any other difference is an error.
-# cond_contrast (and cond_jitter, cond_reg, cond_adv) may also be switched on (or re-weighted) in a resumed run, so
+# cond_contrast (and cond_jitter, cond_reg, cond_adv, cond_adv_steps) may also be switched on (or re-weighted) in a
+# resumed run, so
 # a run that has not learned to read its condition can be fine-tuned with the term (its log lines carry
 # cond_loss from then on); init_from is read only when a run starts.
 RESUME_OVERRIDABLE = ("iterations", "log_every", "image_every", "checkpoint_every", "export_every", "progress",
                       "threads", "device", "resume", "compile", "backend", "out", "cond_contrast", "cond_jitter",
-                      "cond_reg", "cond_adv", "init_from", "max_minutes")
+                      "cond_reg", "cond_adv", "cond_adv_steps", "init_from", "max_minutes")
 
 
 @dataclass
@@ -121,6 +122,7 @@ class TrainConfig(DictConfig):
     cond_jitter: float = 0.0
     cond_reg: float = 0.0
     cond_adv: float = 0.0
+    cond_adv_steps: int = 1
     grad_clip: float | None = None
     ema: float | None = None
     # negatives
@@ -158,7 +160,7 @@ class TrainConfig(DictConfig):
                 raise ValueError(f"{name}: expected {kind} {'>= 0' if allow_zero else '> 0'}, got {v!r}")
 
         for name in ("resolution", "n_images", "iterations", "batch_size", "langevin_steps", "replay_capacity",
-                     "log_every", "image_every", "checkpoint_every"):
+                     "log_every", "image_every", "checkpoint_every", "cond_adv_steps"):
             positive(name)
         positive("data_seed", allow_zero=True)
         positive("export_every", allow_zero=True)
@@ -175,6 +177,8 @@ class TrainConfig(DictConfig):
         for name in ("cond_jitter", "cond_reg", "cond_adv"):
             if getattr(self, name) and not self.cond_contrast:
                 raise ValueError(f"{name}: acts on the wrong conditions of the ranking term; set cond_contrast > 0 too")
+        if self.cond_adv_steps != 1 and not self.cond_adv:
+            raise ValueError("cond_adv_steps: counts the steps of the cond_adv attack; set cond_adv > 0 too")
         for name in ("grad_clip", "sample_grad_clip", "max_minutes"):
             if getattr(self, name) is not None:
                 positive(name, integer=False)
@@ -551,21 +555,27 @@ class Trainer:
 
     def adversarial_positives(self, x_pos: Tensor, cond_pos: Tensor, cond_wrong: Tensor, differs: Tensor) -> Tensor:
         """The positives moved towards their wrong conditions, for the ``cond_adv`` term: a uniform random
-        start in the L-inf ball of radius ``cond_adv`` around each image, then one step of ``cond_adv *
-        sign(gradient)`` that raises the ranking loss ``softplus(E(x|c+) - E(x|c~))``, projected back
-        into the ball and into [0, 1] (a one-step attack with a random start). The aim: a condition read
-        from what moving a pixel by ``cond_adv`` cannot change, so that lowering ``E(x | c)`` draws
-        ``c``. One step can carry the label instead (session 17 measured that; docs/training.md). The
+        start in the L-inf ball of radius eps = ``cond_adv`` around each image, then ``cond_adv_steps``
+        signed-gradient steps that raise the ranking loss ``softplus(E(x|c+) - E(x|c~))``, each projected
+        back into the ball and into [0, 1]. One step has size eps (a one-step attack with a random start);
+        n > 1 steps have size 2.5 eps / n each (projected gradient descent as Madry et al. set it), so the
+        attack can cross the ball and come back. The aim: a condition read from what moving a pixel by
+        eps cannot change, so that lowering ``E(x | c)`` draws ``c``. One step can carry the label
+        instead (session 17 measured that; docs/training.md); several steps are the known remedy. The
         random start is drawn from the run's generator."""
-        eps, b = self.config.cond_adv, x_pos.shape[0]
-        start = (torch.rand(x_pos.shape, generator=self.gen) * 2 - 1).to(x_pos) * eps
-        x = (x_pos + start).clamp(0, 1).requires_grad_(True)
-        with torch.enable_grad():
-            e = self.model(torch.cat([x, x]), torch.cat([cond_pos, cond_wrong])).reshape(2 * b, -1).sum(1)
-            rank = (torch.nn.functional.softplus(e[:b] - e[b:]) * differs).sum()
-            (grad,) = torch.autograd.grad(rank, x)
-        moved = x.detach() + eps * grad.sign()
-        return torch.minimum(torch.maximum(moved, x_pos - eps), x_pos + eps).clamp(0, 1)
+        eps, steps, b = self.config.cond_adv, self.config.cond_adv_steps, x_pos.shape[0]
+        size = eps if steps == 1 else 2.5 * eps / steps
+        lo, hi = x_pos - eps, x_pos + eps
+        x = (x_pos + (torch.rand(x_pos.shape, generator=self.gen) * 2 - 1).to(x_pos) * eps).clamp(0, 1)
+        conds = torch.cat([cond_pos, cond_wrong])
+        for _ in range(steps):
+            x = x.detach().requires_grad_(True)
+            with torch.enable_grad():
+                e = self.model(torch.cat([x, x]), conds).reshape(2 * b, -1).sum(1)
+                rank = (torch.nn.functional.softplus(e[:b] - e[b:]) * differs).sum()
+                (grad,) = torch.autograd.grad(rank, x)
+            x = torch.minimum(torch.maximum(x.detach() + size * grad.sign(), lo), hi).clamp(0, 1)
+        return x
 
     def update(self, x_pos: Tensor, x_neg: Tensor, cond_pos: Tensor | None, cond_neg: Tensor | None) -> dict:
         """One optimiser step on the contrastive loss; returns ``loss``, ``e_pos``, ``e_neg`` (floats),
@@ -973,8 +983,10 @@ def _parser() -> argparse.ArgumentParser:
     opt("--cond-reg", float, "weight of the regulariser E(x+|wrong c)^2 on the ranking term's energies, which keeps "
                              "them near the negatives' (0: off; may be switched on when resuming)")
     opt("--cond-adv", float, "the ranking term (and --cond-reg) on adversarial positives: each positive moved by a "
-                             "random start and one signed-gradient step within this L-inf radius (pixel units, "
+                             "random start and signed-gradient steps within this L-inf radius (pixel units, "
                              "e.g. 0.03) towards its wrong condition (0: off; may be switched on when resuming)")
+    opt("--cond-adv-steps", int, "signed-gradient steps of the --cond-adv attack: 1 steps by the radius, n > 1 by "
+                                 "2.5 x radius / n each (projected gradient descent; may be changed when resuming)")
     opt("--grad-clip", none_or(float), "clip the gradient norm to this value (none: off)")
     opt("--ema", none_or(float), "EMA decay of the weights, e.g. 0.999 (none: off)")
     opt("--langevin-steps", int, "Langevin steps per negative chain (K)")

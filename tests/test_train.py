@@ -181,6 +181,9 @@ def test_npz_data_and_cli_config(tmp_path):
     ref = _write_npz(npz, n=40)
     cfg = config_from_args(_cli_args(tmp_path / "o", npz, 3, "--grad-clip", "none", "--betas", "0.5", "0.9"))
     assert cfg.grad_clip is None and cfg.betas == (0.5, 0.9) and cfg.cond == "position" and cfg.ema == 0.9
+    adv = config_from_args(_cli_args(tmp_path / "o", npz, 3, "--cond-contrast", "2", "--cond-adv", "0.03",
+                                     "--cond-adv-steps", "5"))
+    assert (adv.cond_contrast, adv.cond_adv, adv.cond_adv_steps) == (2.0, 0.03, 5) and cfg.cond_adv_steps == 1
     data = load_data(cfg)
     assert torch.equal(data.images, ref.images) and torch.equal(data.labels["pos"], ref.labels["pos"])
     assert data.specs == {"pos": ("continuous", 2), "color": ("onehot", 3)}
@@ -413,19 +416,22 @@ def test_cond_contrast_term_is_the_logistic_ranking_of_right_against_wrong_condi
 
 
 
-def test_cond_adv_ranks_right_against_wrong_conditions_on_attacked_positives(tmp_path):
-    """cond_adv = eps: each positive gets a uniform start in the eps-ball (the run's generator), then one
-    step eps * sign(grad) of the ranking loss, computed here image by image with autograd; the result
-    stays in the ball and in [0, 1], and raises the ranking loss over the random start. update() then
-    ranks right against wrong conditions on those images (cond_loss, e_wrong), while the contrastive
-    term keeps the clean positives."""
+@pytest.mark.parametrize("steps", [1, 3])
+def test_cond_adv_ranks_right_against_wrong_conditions_on_attacked_positives(tmp_path, steps):
+    """cond_adv = eps: each positive gets a uniform start in the eps-ball (the run's generator), then
+    ``steps`` signed-gradient steps of the ranking loss (size eps for one, 2.5 eps / n for n), each
+    projected into the ball and [0, 1], computed here image by image with autograd; the result stays in
+    the ball and in [0, 1], and raises the ranking loss over the random start. update() then ranks right
+    against wrong conditions on those images (cond_loss, e_wrong), while the contrastive term keeps the
+    clean positives."""
     import copy
 
     seed = int(torch.randint(0, 2**31, (1,)))
     eps = 0.03
+    size = eps if steps == 1 else 2.5 * eps / steps
     data = synthetic_data(64, 16, seed % 1000)
-    tr = Trainer(_small(tmp_path, cond="color", cond_contrast=0.7, cond_reg=0.3, cond_adv=eps, seed=seed % 97,
-                        spectral_norm=False), data=data)
+    tr = Trainer(_small(tmp_path, cond="color", cond_contrast=0.7, cond_reg=0.3, cond_adv=eps, cond_adv_steps=steps,
+                        seed=seed % 97, spectral_norm=False), data=data)
     for film in (m for m in tr.model.modules() if m.__class__.__name__ == "FiLM"):
         torch.nn.init.normal_(film.linear.weight, std=0.5)
     x_pos, (c_pos,) = data.batch(torch.randint(0, len(data), (8,)), tr.cond_names)
@@ -438,21 +444,30 @@ def test_cond_adv_ranks_right_against_wrong_conditions_on_attacked_positives(tmp
 
     wrong = tr.mismatched_conditions(c_pos)
     start = (x_pos + (torch.rand(x_pos.shape, generator=tr.gen) * 2 - 1) * eps).clamp(0, 1)
-    expect, raised = [], 0
+    expect, raised = [[] for _ in range(steps + 1)], 0
     for i in range(8):
-        xi = start[i:i + 1].clone().requires_grad_(True)
-        loss = rank(xi, c_pos[i:i + 1], wrong[i:i + 1])
-        (g,) = torch.autograd.grad(loss, xi)
-        xa = torch.minimum(torch.maximum(xi.detach() + eps * g.sign(), x_pos[i:i + 1] - eps), x_pos[i:i + 1] + eps)
-        expect.append(xa.clamp(0, 1))
+        xi, ci, wi, x0 = start[i:i + 1], c_pos[i:i + 1], wrong[i:i + 1], x_pos[i:i + 1]
         with torch.no_grad():
-            raised += float(rank(expect[-1], c_pos[i:i + 1], wrong[i:i + 1])) > float(loss)
-    expect = torch.cat(expect)
+            first = float(rank(xi, ci, wi))
+        for k in range(steps):
+            expect[k].append(xi)
+            xi = xi.detach().requires_grad_(True)
+            (g,) = torch.autograd.grad(rank(xi, ci, wi), xi)
+            xi = torch.minimum(torch.maximum(xi.detach() + size * g.sign(), x0 - eps), x0 + eps).clamp(0, 1)
+        expect[steps].append(xi)
+        with torch.no_grad():
+            raised += float(rank(xi, ci, wi)) > first
+    expect = [torch.cat(e) for e in expect]  # the iterates: the start, after each step
     tr.gen.set_state(state)
     wrong = tr.mismatched_conditions(c_pos)
+    seen = []  # the iterates the attack evaluated the model at
+    hook = tr.model.register_forward_pre_hook(lambda _, args: seen.append(args[0][:8].detach().clone()))
     got = tr.adversarial_positives(x_pos, c_pos, wrong, torch.ones(8, dtype=torch.bool))
+    hook.remove()
     assert float((got - x_pos).abs().max()) <= eps + 1e-6 and float(got.min()) >= 0 and float(got.max()) <= 1
-    assert float((got - expect).abs().gt(1e-6).float().mean()) < 0.01  # a sign may flip where the gradient is ~0
+    assert len(seen) == steps
+    for a, e in zip(seen + [got], expect):  # a sign may flip where the gradient is ~0
+        assert float((a - e).abs().gt(1e-6).float().mean()) < 1e-3
     assert float((got - x_pos).abs().mean()) > eps / 4 and raised >= 6
 
     tr.gen.set_state(state)
@@ -474,6 +489,10 @@ def test_cond_adv_ranks_right_against_wrong_conditions_on_attacked_positives(tmp
         TrainConfig(cond="color", cond_adv=0.03)
     with pytest.raises(ValueError, match="cond_adv"):
         TrainConfig(cond="color", cond_contrast=1.0, cond_adv=-0.1)
+    with pytest.raises(ValueError, match="cond_adv_steps: counts the steps"):
+        TrainConfig(cond="color", cond_contrast=1.0, cond_adv_steps=3)
+    with pytest.raises(ValueError, match="cond_adv_steps"):
+        TrainConfig(cond="color", cond_contrast=1.0, cond_adv=0.03, cond_adv_steps=0)
 
 def test_cond_jitter_makes_every_second_wrong_position_a_near_miss(tmp_path):
     """With cond_jitter s, odd rows of the wrong conditions are the true position plus noise of scale
