@@ -76,9 +76,8 @@ def label_key(name: str) -> str:
 # Config fields a resumed run may change (bookkeeping, where the run folder now is, and how the same
 # chains are executed: compiled or eager, which step backend); any other difference is an error.
 # cond_contrast (and cond_jitter, cond_reg, cond_adv, cond_adv_steps) may also be switched on (or re-weighted) in a
-# resumed run, so
-# a run that has not learned to read its condition can be fine-tuned with the term (its log lines carry
-# cond_loss from then on); init_from is read only when a run starts.
+# resumed run, so a run that has not learned to read its condition can be fine-tuned with the term (its log
+# lines carry cond_loss from then on); init_from is read only when a run starts.
 RESUME_OVERRIDABLE = ("iterations", "log_every", "image_every", "checkpoint_every", "export_every", "progress",
                       "threads", "device", "resume", "compile", "backend", "out", "cond_contrast", "cond_jitter",
                       "cond_reg", "cond_adv", "cond_adv_steps", "init_from", "max_minutes")
