@@ -58,6 +58,7 @@ TRAIN_SHAPES = ("sphere", "box")
 TRAIN_COLORS = ("red", "green", "blue", "yellow")
 HELDOUT_COLORS = ("purple", "cyan", "orange")
 # Half-extents in metres; the "Size" set doubles them to 0.36..0.48 m (beyond SIZE_RANGE, see module doc).
+# `--train-size-range` trains and tests on another range (inside scenes.SIZE_LIMITS); Size doubles that.
 TRAIN_SIZE_RANGE = (0.18, 0.24)
 # Training lights (light_variation=True): elevation 35..80 deg, intensity 0.5..1.0. Unseen: a low,
 # dim light -- long shadows and dark objects the model never saw.
@@ -112,17 +113,18 @@ class Split:
         return json.loads(json.dumps(d))
 
 
-def table3_splits(n_train: int = 10000, n_test: int = 500, resolution: int = 32, seed: int = 0) -> dict[str, Split]:
+def table3_splits(n_train: int = 10000, n_test: int = 500, resolution: int = 32, seed: int = 0,
+                  size_range: tuple[float, float] = TRAIN_SIZE_RANGE) -> dict[str, Split]:
     """The training set and the five Table 3 test sets, keyed ``train``, ``Test``, ``Color``, ``Light``,
     ``Size``, ``Type``.
 
     Training: one object, ``TRAIN_SHAPES`` (sphere, box), ``TRAIN_COLORS`` (4 of the 7), half-extent in
-    ``TRAIN_SIZE_RANGE``, random light. Every test set draws from its own seed (``seed + 1 ..``) and
+    ``size_range`` (default ``TRAIN_SIZE_RANGE``), random light. Every test set draws from its own seed (``seed + 1 ..``) and
     changes one factor: ``Color`` uses ``HELDOUT_COLORS``; ``Light`` the ``UNSEEN_LIGHT_*`` ranges;
     ``Size`` doubles the size; ``Type`` draws cylinders.
     """
     base = scenes.SceneConfig(n=n_train, resolution=resolution, seed=seed, light_variation=True,
-                              shapes=TRAIN_SHAPES, colors=TRAIN_COLORS, size_range=TRAIN_SIZE_RANGE)
+                              shapes=TRAIN_SHAPES, colors=TRAIN_COLORS, size_range=tuple(size_range))
     test = base.replace(n=n_test)
     return {
         "train": Split("train", base),
@@ -135,11 +137,12 @@ def table3_splits(n_train: int = 10000, n_test: int = 500, resolution: int = 32,
     }
 
 
-def multiview_split(n_concepts: int = 100, views: int = 8, resolution: int = 32, seed: int = 100) -> Split:
-    """Fig. 11's data: ``n_concepts`` groups of ``views`` renders of one position each; size, colour
-    (all 7), shape (sphere/box), yaw and light differ between the views of a group."""
+def multiview_split(n_concepts: int = 100, views: int = 8, resolution: int = 32, seed: int = 100,
+                    size_range: tuple[float, float] = TRAIN_SIZE_RANGE) -> Split:
+    """Fig. 11's data: ``n_concepts`` groups of ``views`` renders of one position each; size (in
+    ``size_range``), colour (all 7), shape (sphere/box), yaw and light differ between the views of a group."""
     config = scenes.SceneConfig(n=n_concepts * views, resolution=resolution, seed=seed, light_variation=True,
-                                shapes=TRAIN_SHAPES, size_range=TRAIN_SIZE_RANGE)
+                                shapes=TRAIN_SHAPES, size_range=tuple(size_range))
     return Split("views", config, views=views)
 
 
@@ -500,6 +503,10 @@ def _eval_parser() -> argparse.ArgumentParser:
                    help="write the training split as an .npz for `ebm-fast train --data PATH --cond position`")
     p.add_argument("--n", type=int, default=500, help="images per test set (default 500; 0: skip Table 3)")
     p.add_argument("--n-train", type=int, default=10000, help="training images (default 10000)")
+    p.add_argument("--train-size-range", nargs=2, type=float, default=list(TRAIN_SIZE_RANGE), metavar=("LO", "HI"),
+                   help="half-extents (m) of the training, Test and other sets and of Fig. 11's views (Fig. 12 keeps the default); Size "
+                        f"doubles them (default {TRAIN_SIZE_RANGE[0]} {TRAIN_SIZE_RANGE[1]}; inside "
+                        f"{scenes.SIZE_LIMITS[0]} .. {scenes.SIZE_LIMITS[1]})")
     p.add_argument("--concepts", type=int, default=100, help="Fig. 11: position groups (default 100; 0: skip Fig. 11)")
     p.add_argument("--views", type=int, default=8, help="Fig. 11: observations per group (default 8)")
     p.add_argument("--two-objects", type=int, default=100, metavar="N",
@@ -541,7 +548,10 @@ def cli_main(argv: list[str] | None = None) -> int:
     for flag, value in (("--n", a.n), ("--concepts", a.concepts), ("--two-objects", a.two_objects)):
         if value < 0:
             raise SystemExit(f"{flag}: expected a count >= 0, got {value}")
-    splits = table3_splits(a.n_train, a.n or 1, resolution, a.seed)
+    try:
+        splits = table3_splits(a.n_train, a.n or 1, resolution, a.seed, size_range=tuple(a.train_size_range))
+    except ValueError as e:
+        raise SystemExit(f"--train-size-range: {e}") from None
     load = lambda s: render_split(s, a.renderer, a.cache_dir, progress=False)  # noqa: E731
     if a.export_train:
         images, labels = load(splits["train"])
@@ -554,7 +564,13 @@ def cli_main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     regressor = None
     if a.regressor:
-        regressor, _ = load_regressor(a.regressor)
+        regressor, regressor_meta = load_regressor(a.regressor)
+        trained_on = regressor_meta.get("split")
+        if trained_on is not None and trained_on != splits["train"].to_dict():
+            print(f"warning: --regressor {a.regressor} was trained on another training split than this "
+                  f"command's (its size_range {trained_on['config'].get('size_range')}, seed "
+                  f"{trained_on['config'].get('seed')}, n {trained_on['config'].get('n')}); it is not the "
+                  "matching baseline", file=sys.stderr)
     elif a.train_regressor:
         images, labels = load(splits["train"])
         if ebm is not None and a.regressor_model is None:
@@ -575,7 +591,7 @@ def cli_main(argv: list[str] | None = None) -> int:
                             autocast=autocast)
     curve = None
     if ebm is not None and a.concepts:
-        mv = multiview_split(a.concepts, a.views, resolution, a.seed + 100)
+        mv = multiview_split(a.concepts, a.views, resolution, a.seed + 100, size_range=tuple(a.train_size_range))
         images, labels = load(mv)
         x = _as_float_images(images).view(a.concepts, a.views, 3, resolution, resolution)
         curve = error_vs_views(ebm, x, torch.from_numpy(labels["pos"][::a.views]), grid=a.grid,

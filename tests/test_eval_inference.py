@@ -39,9 +39,10 @@ class PixelCode(nn.Module):
         return decoded if cond is None else (cond - decoded).square().sum(1)
 
 
-def test_split_configs_have_the_documented_properties():
+@pytest.mark.parametrize("size_range", [ei.TRAIN_SIZE_RANGE, (0.12, 0.24)])
+def test_split_configs_have_the_documented_properties(size_range):
     seed = _seed() % 1000
-    s = ei.table3_splits(n_train=96, n_test=96, resolution=32, seed=seed)
+    s = ei.table3_splits(n_train=96, n_test=96, resolution=32, seed=seed, size_range=size_range)
     lab = {k: ei.sample_split_labels(v) for k, v in s.items()}
     cidx = lambda names: {scenes.COLOR_NAMES.index(c) for c in names}  # noqa: E731
     sidx = lambda names: {scenes.SHAPES.index(c) for c in names}  # noqa: E731
@@ -54,10 +55,11 @@ def test_split_configs_have_the_documented_properties():
     assert set(lab["Type"]["shape"].tolist()) == sidx(("cylinder",))
     # sizes: training range, doubled in "Size" (the same draws as its config, times two)
     for name in ("train", "Test", "Color", "Light", "Type"):
-        assert ei.TRAIN_SIZE_RANGE[0] <= lab[name]["size"].min() and lab[name]["size"].max() <= ei.TRAIN_SIZE_RANGE[1]
+        assert size_range[0] <= lab[name]["size"].min() and lab[name]["size"].max() <= size_range[1]
     plain = scenes.sample_scene_params(s["Size"].config)
     np.testing.assert_allclose(lab["Size"]["size"], 2 * plain["size"], rtol=1e-6)
-    assert lab["Size"]["size"].min() >= 2 * ei.TRAIN_SIZE_RANGE[0]
+    assert lab["Size"]["size"].min() >= 2 * size_range[0]
+    assert ei.multiview_split(4, 2, 32, seed, size_range=size_range).config.size_range == tuple(size_range)
     np.testing.assert_array_equal(lab["Size"]["pos"], plain["pos"])
     # lights: training within scenes' ranges, "Light" entirely outside them
     def elevation(d):
@@ -224,6 +226,16 @@ def test_eval_cli_end_to_end_with_tiny_models(tmp_path, capsys):
     assert data.attribute("position")[1:] == ("continuous", 2) and len(data) == 12
     # and the regressor it saved is reusable
     assert ei.cli_main(argv[:2] + ["--regressor", str(tmp_path / "out" / "regressor.pt")] + argv[5:]) == 0
+    assert "warning" not in capsys.readouterr().err
+    # another training size range: every set follows it, and the old regressor is named as mismatched
+    assert ei.cli_main(argv[:2] + ["--regressor", str(tmp_path / "out" / "regressor.pt")] + argv[5:]
+                       + ["--train-size-range", "0.12", "0.2", "--out", str(tmp_path / "small")]) == 0
+    assert "was trained on another training split" in capsys.readouterr().err
+    meta = json.loads((tmp_path / "small" / "results.json").read_text())["meta"]
+    assert meta["splits"]["Test"]["config"]["size_range"] == [0.12, 0.2]
+    assert meta["splits"]["Size"]["size_scale"] == 2.0
+    with pytest.raises(SystemExit, match="--train-size-range: size_range"):
+        ei.cli_main(argv[:2] + ["--train-size-range", "0.05", "0.2", "--out", str(tmp_path / "bad")])
     # Fig. 12 alone: --n 0 and --concepts 0 skip Table 3 and Fig. 11
     assert ei.cli_main(["--ebm", str(tmp_path / "ebm.pt"), "--n", "0", "--concepts", "0", "--two-objects", "2",
                         "--grid", "5", "--renderer", "numpy", "--out", str(tmp_path / "fig12")]) == 0

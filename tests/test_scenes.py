@@ -37,6 +37,8 @@ def small(n=12, res=32, **kw) -> S.SceneConfig:
         (dict(colors=()), "colors"),
         (dict(size_range=(0.2, 0.1)), "size_range"),
         (dict(size_range=(0.05, 0.2)), "size_range"),
+        (dict(size_range=(0.11, 0.2)), "size_range"),  # below SIZE_LIMITS
+        (dict(size_range=(0.2, 0.33)), "size_range"),
         (dict(x_range=(-2.0, 1.0)), "x_range"),
         (dict(distractors=99), "distractors"),
         (dict(n=0), "n:"),
@@ -114,7 +116,7 @@ def test_label_shapes_dtypes_and_ranges():
     # distractors stand behind every possible central object and do not overlap each other
     dpos = labels["distractor_pos"]
     dsize = labels["distractor_size"]
-    furthest_central = S.POSITION_EXTENT + S.SIZE_RANGE[1] * np.sqrt(2)
+    furthest_central = S.POSITION_EXTENT + S.SIZE_LIMITS[1] * np.sqrt(2)
     assert np.all(dpos[..., 1] * S.POSITION_EXTENT - dsize * np.sqrt(2) >= furthest_central - 1e-6)
     for i in range(n):
         for a in range(k):

@@ -7,8 +7,9 @@ seen by a fixed camera that looks down at the plane at an angle:
   the tuple; ``"cube"`` is accepted as an alias of ``"box"``),
 * colour: ``COLOR_NAMES`` from the named palette ``PALETTE`` (7 colours,
   class index = position in ``COLOR_NAMES``),
-* size: half-extent ``s`` in metres, uniform in ``SIZE_RANGE = (0.18, 0.32)``
-  (sphere radius ``s``; cylinder radius ``s`` and height ``2 s``; box edge ``2 s``),
+* size: half-extent ``s`` in metres, uniform in ``SIZE_RANGE = (0.18, 0.32)`` by default, in
+  any range inside ``SIZE_LIMITS = (0.12, 0.32)`` on request (sphere radius ``s``; cylinder radius
+  ``s`` and height ``2 s``; box edge ``2 s``),
 * position: ``pos = (x, y)`` uniform in ``[-1, 1]^2``, mapped to the square
   ``[-POSITION_EXTENT, POSITION_EXTENT]^2 = [-0.75 m, 0.75 m]^2`` of the plane
   (``+x`` right in the image, ``+y`` away from the camera, i.e. up in the image),
@@ -87,6 +88,7 @@ __all__ = [
     "COLOR_NAMES",
     "RESOLUTIONS",
     "SIZE_RANGE",
+    "SIZE_LIMITS",
     "POSITION_EXTENT",
     "DATASET_VERSION",
     "SceneConfig",
@@ -135,6 +137,9 @@ _PALETTE_RGB = np.array([PALETTE[c] for c in COLOR_NAMES], dtype=np.float64)
 
 RESOLUTIONS: tuple[int, ...] = (32, 64, 128)
 SIZE_RANGE: tuple[float, float] = (0.18, 0.32)
+# the half-extents a SceneConfig may ask for: down to the smallest distractor's, up to what keeps
+# the distractor band clear (DISTRACTOR_Y_RANGE)
+SIZE_LIMITS: tuple[float, float] = (0.12, 0.32)
 POSITION_EXTENT = 0.75  # metres: normalised (x, y) in [-1, 1] -> world [-0.75 m, 0.75 m]
 YAW_RANGE = (0.0, np.pi / 2)
 
@@ -251,7 +256,8 @@ class SceneConfig(DictConfig):
         light_variation: random light direction/intensity (default False: fixed light).
         shapes: allowed central-object shapes (default all of ``SHAPES``).
         colors: allowed central-object colours (default all of ``COLOR_NAMES``).
-        size_range: central-object half-extent range in metres, inside ``SIZE_RANGE``.
+        size_range: central-object half-extent range in metres (default ``SIZE_RANGE``), inside
+            ``SIZE_LIMITS``.
         x_range, y_range: normalised position ranges, inside ``[-1, 1]``.
     """
 
@@ -289,7 +295,7 @@ class SceneConfig(DictConfig):
         put("light_variation", bool(self.light_variation))
         put("shapes", _normalise_names("shapes", self.shapes, SHAPES, SHAPE_ALIASES))
         put("colors", _normalise_names("colors", self.colors, COLOR_NAMES, {}))
-        put("size_range", _check_range("size_range", self.size_range, *SIZE_RANGE))
+        put("size_range", _check_range("size_range", self.size_range, *SIZE_LIMITS))
         put("x_range", _check_range("x_range", self.x_range, -1.0, 1.0))
         put("y_range", _check_range("y_range", self.y_range, -1.0, 1.0))
 
