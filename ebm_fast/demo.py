@@ -51,7 +51,10 @@ def _expectations(a, b, c, alpha):
     B & C, because |a - c| = |b - c|.
     """
     var = SIGMA**2
-    iso = lambda v: torch.full_like(a, v)  # noqa: E731
+
+    def iso(v):  # the same variance on both axes
+        return torch.full_like(a, v)
+
     return [
         ("A & B", lambda A, B, C: A & B, (a + b) / 2, iso(var / 2), None),
         ("A | B", lambda A, B, C: A | B, *_mixture(a, b, var), 0.5),
