@@ -83,6 +83,7 @@ def _save_judged(path: Path, records: list[dict]) -> None:
 def judge_run(run_dir: str | Path, rows: Sequence[Row], judges, n: int, *,
               others: Mapping[str, tuple] | None = None, settings: ChainSettings | None = None, seed: int = 0,
               alpha: float = DEFAULT_NOT_ALPHA, temperature: float = DEFAULT_SAMPLE_TEMPERATURE, every: int = 1,
+              every_steps: int | None = None,
               map_location: str | torch.device = "cpu", judges_id: str = "default",
               sampler: Sampler | None = None, progress: Callable[[dict], None] | None = None) -> list[dict]:
     """Judge every ``every``-th exported model of ``run_dir`` in ``rows`` and return all records.
@@ -93,7 +94,10 @@ def judge_run(run_dir: str | Path, rows: Sequence[Row], judges, n: int, *,
             for the attributes the rows need besides the run's own.
         settings, seed, alpha, temperature: as :func:`ebm_fast.evaluate.evaluate_row`; the same seed
             gives every model the same targets and starting noise.
-        every: judge models at every ``every``-th export (the newest is always judged).
+        every: judge models at every ``every``-th export, counted back from the newest (which is
+            always judged).
+        every_steps: instead of ``every``, judge the exports whose training step is a multiple of
+            ``every_steps``, and the newest; the same models as the run grows, so earlier records are reused.
         judges_id: names the judges in the protocol key (a path, or ``"default"``).
         sampler: replaces the Langevin chains (:func:`ebm_fast.evaluate.evaluate_row`; for tests).
         progress: called with each new record.
@@ -112,6 +116,12 @@ def judge_run(run_dir: str | Path, rows: Sequence[Row], judges, n: int, *,
                              f"(its terms: {[t.attribute for t in row.terms]})")
     if not isinstance(every, int) or every < 1:
         raise ValueError(f"every: expected an integer >= 1, got {every!r}")
+    if every_steps is not None:
+        if not isinstance(every_steps, int) or every_steps < 1:
+            raise ValueError(f"every_steps: expected an integer >= 1, got {every_steps!r}")
+        if every != 1:
+            raise ValueError(f"every and every_steps: expected one of them, got every={every}, "
+                             f"every_steps={every_steps}")
     models = exported_models(run_dir)
     if not models:
         raise FileNotFoundError(f"{run_dir}/models: no exported models (train with --export-every N)")
@@ -122,7 +132,10 @@ def judge_run(run_dir: str | Path, rows: Sequence[Row], judges, n: int, *,
     path = Path(run_dir) / "models" / JUDGED_FILE
     records = _load_judged(path)
     done = {r["model"] for r in records if r["protocol"] == protocol}
-    chosen = models[::-1][::every][::-1]  # counted back from the newest, which is always judged
+    if every_steps is None:
+        chosen = models[::-1][::every][::-1]  # counted back from the newest, which is always judged
+    else:
+        chosen = [m for m in models[:-1] if m[0] % every_steps == 0] + models[-1:]
     for step, model_path in chosen:
         if model_path.name in done:
             continue
@@ -173,7 +186,7 @@ def format_judged(records: Sequence[Mapping], rows: Sequence[Row]) -> str:
 
 
 def cli_main(argv: list[str] | None = None) -> int:
-    """``ebm-fast eval models RUN --rows KEY ... [--n 128] [--concepts DIR] [--every K] [--best-to PATH]``."""
+    """``ebm-fast eval models RUN --rows KEY ... [--n 128] [--concepts DIR] [--every K | --every-steps N] [--best-to PATH]``."""
     p = argparse.ArgumentParser(prog="ebm-fast eval models",
                                 description="Judge every model a training run exported (OUT/models) and pick "
                                             "the one that generates best.")
@@ -184,6 +197,8 @@ def cli_main(argv: list[str] | None = None) -> int:
     p.add_argument("--concepts", default=None,
                    help=f"where the rows' other attributes come from (default {default_concepts_dir()})")
     p.add_argument("--every", type=int, default=1, help="judge every K-th export, counted back from the newest")
+    p.add_argument("--every-steps", type=int, default=None, metavar="N",
+                   help="judge the exports at multiples of N training steps, and the newest (instead of --every)")
     p.add_argument("--best-to", default=None, metavar="PATH", help="copy the best model here")
     p.add_argument("--judges", default=None, help="judges file (default: the shipped 64x64 judges)")
     add_chain_args(p)
@@ -213,7 +228,7 @@ def cli_main(argv: list[str] | None = None) -> int:
         print(f"judging {args.run}/models ({attribute}) in {', '.join(args.rows)}, {args.n} samples per row",
               flush=True)
         records = judge_run(args.run, rows, judges, args.n, others=others, settings=settings, seed=args.seed,
-                            alpha=args.alpha, temperature=args.temperature, every=args.every,
+                            alpha=args.alpha, temperature=args.temperature, every=args.every, every_steps=args.every_steps,
                             map_location=device, judges_id=str(args.judges or "default"), progress=progress)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)

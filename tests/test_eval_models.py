@@ -113,6 +113,12 @@ def test_a_second_call_judges_only_new_models_and_every_k(tmp_path, pool, judges
     every2 = EM.judge_run(run, [ROWS["position"]], judges, 24, sampler=sampler, seed=seed, every=2,
                           progress=seen.append)
     assert [r["step"] for r in every2] == [500, 1000] == [r["step"] for r in seen]
+    seen.clear()  # multiples of 500 steps and the newest: 500 and 1000 reused, nothing judged anew
+    by_step = EM.judge_run(run, [ROWS["position"]], judges, 24, sampler=sampler, seed=seed, every_steps=500,
+                           progress=seen.append)
+    assert [r["step"] for r in by_step] == [500, 1000] and seen == []
+    assert [r["step"] for r in EM.judge_run(run, [ROWS["position"]], judges, 24, sampler=sampler, seed=seed,
+                                            every_steps=400, progress=seen.append)] == [1000]
     saved = json.loads((run / "models" / "judged.json").read_text())["records"]
     assert sorted((r["protocol"]["n"], r["step"]) for r in saved) == \
         [(20, 250), (20, 500), (20, 750), (20, 1000), (24, 500), (24, 1000)]
@@ -124,6 +130,10 @@ def test_bad_inputs_name_the_problem(tmp_path, judges):
         EM.judge_run(run, [ROWS["color"]], judges, 4)
     with pytest.raises(ValueError, match="every"):
         EM.judge_run(run, [ROWS["position"]], judges, 4, every=0)
+    with pytest.raises(ValueError, match="every_steps"):
+        EM.judge_run(run, [ROWS["position"]], judges, 4, every_steps=0)
+    with pytest.raises(ValueError, match="one of them"):
+        EM.judge_run(run, [ROWS["position"]], judges, 4, every=2, every_steps=100)
     (run / "models" / "judged.json").write_text("{half a file")
     with pytest.raises(ValueError, match="judged.json: not a judged-models file"):
         EM.judge_run(run, [ROWS["position"]], judges, 4)
