@@ -170,18 +170,25 @@ def chain_settings_of(concepts: Mapping | None, **overrides) -> ChainSettings:
     (an ensemble of trained models, :class:`ebm_fast.models.EnergyEnsemble`) counts when its
     recommended chain names every field."""
     base: dict = {}
-    found = []
-    for _, meta in (concepts or {}).values():
+    recorded = recorded_chains(concepts)
+    found = set(recorded.values())
+    if recorded and len(found) == 1 and None not in found:
+        base = dict(zip(CHAIN_FIELDS, found.pop()))
+    return ChainSettings(**{**base, **overrides})
+
+
+def recorded_chains(concepts: Mapping | None) -> dict[str, tuple | None]:
+    """Per concept, the values of ``CHAIN_FIELDS`` it records (its training chain with its file's
+    recommended generation fields in place), or None where it records no complete chain."""
+    out: dict[str, tuple | None] = {}
+    for name, (_, meta) in (concepts or {}).items():
         tc = (meta or {}).get("train_config") or {}
         own = {}
         if all(v in tc for v in CHAIN_FIELDS.values()):
             own = {f: from_noise_steps(tc) if f == "steps" else tc[v] for f, v in CHAIN_FIELDS.items()}
         own.update(generation_chain(meta))
-        if all(f in own for f in CHAIN_FIELDS):
-            found.append(tuple(own[f] for f in CHAIN_FIELDS))
-    if found and len(set(found)) == 1 and len(found) == len(concepts):
-        base = dict(zip(CHAIN_FIELDS, found[0]))
-    return ChainSettings(**{**base, **overrides})
+        out[name] = tuple(own[f] for f in CHAIN_FIELDS) if all(f in own for f in CHAIN_FIELDS) else None
+    return out
 
 
 def add_chain_args(p: argparse.ArgumentParser, *, balance_and: bool = False) -> None:
@@ -238,6 +245,15 @@ def resolve_device(name: str) -> torch.device:
 def settings_from_args(args: argparse.Namespace, concepts: Mapping | None = None) -> ChainSettings:
     """The chain settings of parsed :func:`add_chain_args` options, unset ones from ``concepts``."""
     given = {k: getattr(args, k) for k in CHAIN_FIELDS if hasattr(args, k)}
+    recorded = recorded_chains(concepts)
+    if len(given) < len(CHAIN_FIELDS) and len(set(recorded.values())) > 1:  # chain_settings_of falls back
+        d = ChainSettings()
+        unset = ", ".join(f"{f} {getattr(d, f)}" for f in CHAIN_FIELDS if f not in given)
+        chains = "; ".join(f"{name}: " + ("none recorded" if c is None else
+                                         ", ".join(f"{f} {v}" for f, v in zip(CHAIN_FIELDS, c)))
+                           for name, c in recorded.items())
+        print(f"note: the concepts record different sampling chains ({chains}); the unset options take "
+              f"the generic defaults ({unset})", file=sys.stderr)
     return chain_settings_of(concepts, **given, backend=args.backend, resolution=args.res,
                              batch_size=args.batch_size, balance_and=args.balance_and,
                              balance_or=args.balance_or, balance_strength=args.balance_strength,

@@ -3,6 +3,7 @@ follow the concepts' training recipe."""
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import numpy as np
@@ -127,6 +128,28 @@ def test_chain_settings_follow_the_concepts_recipe():
     cs["color"][1]["generation"] = {"chain": {"stepsize": 5.0}}
     with pytest.raises(ValueError, match=r"unknown fields \['stepsize'\]"):
         chain_settings_of(cs)
+
+
+def test_the_cli_names_concepts_whose_chains_disagree(capsys):
+    from ebm_fast.sample_cli import add_chain_args, settings_from_args
+
+    p = argparse.ArgumentParser()
+    add_chain_args(p)
+    cs = tiny_concepts(fresh_seed(), attributes=("position", "color"))
+    recipe = {"langevin_steps": 40, "step_size": 10.0, "noise": 0.005, "sample_grad_clip": 0.01, "order": "noise_first"}
+    for a in cs:
+        cs[a][1]["train_config"] = dict(recipe)
+    assert settings_from_args(p.parse_args([]), cs).steps == 40 and capsys.readouterr().err == ""
+    cs["color"][1]["train_config"]["step_size"] = 7.5
+    assert settings_from_args(p.parse_args(["--steps", "9"]), cs).step_size == ChainSettings().step_size
+    err = capsys.readouterr().err
+    assert "record different sampling chains" in err and "color: steps 40, step_size 7.5" in err
+    assert "position: steps 40, step_size 10.0" in err and "step_size 10.0, noise" in err.split("defaults")[1]
+    args = ["--steps", "9", "--step-size", "3", "--noise", "0.1", "--grad-clip", "none", "--order", "ula"]
+    assert settings_from_args(p.parse_args(args), cs).step_size == 3.0  # every option given: nothing falls back
+    del cs["color"][1]["train_config"]
+    settings_from_args(p.parse_args([]), cs)
+    assert "color: none recorded" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("order,clamp,clip", [("noise_first", (0.0, 1.0), 0.05), ("ula", None, None)])
