@@ -165,16 +165,20 @@ def chain_settings_of(concepts: Mapping | None, **overrides) -> ChainSettings:
     """Chain settings for sampling ``concepts`` from noise: the Langevin chain they were trained with
     (step size, noise, gradient clip, order from each model's recorded ``train_config``; steps
     :func:`from_noise_steps`, as long as the training's persistent chains), with the fields a model's
-    file recommends for generation (:func:`generation_chain`) in place of those, when all of them
-    agree, else :class:`ChainSettings`' defaults; ``overrides`` win. A file without a training chain
-    (an ensemble of trained models, :class:`ebm_fast.models.EnergyEnsemble`) counts when its
-    recommended chain names every field."""
-    base: dict = {}
-    recorded = recorded_chains(concepts)
-    found = set(recorded.values())
-    if recorded and len(found) == 1 and None not in found:
-        base = dict(zip(CHAIN_FIELDS, found.pop()))
-    return ChainSettings(**{**base, **overrides})
+    file recommends for generation (:func:`generation_chain`) in place of those. Each field takes the
+    concepts' value where all of them record a chain and agree on that field, else
+    :class:`ChainSettings`' default (:func:`agreed_chain_fields`); ``overrides`` win. A file without a
+    training chain (an ensemble of trained models, :class:`ebm_fast.models.EnergyEnsemble`) counts
+    when its recommended chain names every field."""
+    return ChainSettings(**{**agreed_chain_fields(recorded_chains(concepts)), **overrides})
+
+
+def agreed_chain_fields(recorded: Mapping[str, tuple | None]) -> dict:
+    """The fields of ``CHAIN_FIELDS`` on which every chain in ``recorded`` (:func:`recorded_chains`)
+    agrees; none where a concept records no chain."""
+    if not recorded or None in recorded.values():
+        return {}
+    return {f: vals[0] for f, *vals in zip(CHAIN_FIELDS, *recorded.values()) if len(set(vals)) == 1}
 
 
 def recorded_chains(concepts: Mapping | None) -> dict[str, tuple | None]:
@@ -246,14 +250,15 @@ def settings_from_args(args: argparse.Namespace, concepts: Mapping | None = None
     """The chain settings of parsed :func:`add_chain_args` options, unset ones from ``concepts``."""
     given = {k: getattr(args, k) for k in CHAIN_FIELDS if hasattr(args, k)}
     recorded = recorded_chains(concepts)
-    if len(given) < len(CHAIN_FIELDS) and len(set(recorded.values())) > 1:  # chain_settings_of falls back
+    agreed = agreed_chain_fields(recorded)
+    fallback = [f for f in CHAIN_FIELDS if f not in given and f not in agreed]
+    if fallback and any(c is not None for c in recorded.values()):
         d = ChainSettings()
-        unset = ", ".join(f"{f} {getattr(d, f)}" for f in CHAIN_FIELDS if f not in given)
         chains = "; ".join(f"{name}: " + ("none recorded" if c is None else
                                          ", ".join(f"{f} {v}" for f, v in zip(CHAIN_FIELDS, c)))
                            for name, c in recorded.items())
-        print(f"note: the concepts record different sampling chains ({chains}); the unset options take "
-              f"the generic defaults ({unset})", file=sys.stderr)
+        print(f"note: the concepts' sampling chains disagree on {', '.join(fallback)} ({chains}); those options "
+              f"take the generic defaults ({', '.join(f'{f} {getattr(d, f)}' for f in fallback)})", file=sys.stderr)
     return chain_settings_of(concepts, **given, backend=args.backend, resolution=args.res,
                              batch_size=args.batch_size, balance_and=args.balance_and,
                              balance_or=args.balance_or, balance_strength=args.balance_strength,

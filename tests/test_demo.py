@@ -114,9 +114,10 @@ def test_chain_settings_follow_the_concepts_recipe():
     cs["color"][1]["train_config"]["replay_p"] = 0.0  # they disagree on the chain length: the defaults
     assert chain_settings_of(cs).steps == ChainSettings().steps
     cs["color"][1]["train_config"]["replay_p"] = 0.95
-    cs["color"][1]["train_config"]["step_size"] = 100.0  # the concepts disagree: the generic defaults
+    cs["color"][1]["train_config"]["step_size"] = 100.0  # they disagree on the step: its generic default
     d = ChainSettings()
     assert chain_settings_of(cs).step_size == d.step_size and chain_settings_of(None).steps == d.steps
+    assert (chain_settings_of(cs).steps, chain_settings_of(cs).noise) == (800, 0.001)  # the fields they agree on
     # a file's recommended generation chain replaces those fields of its training chain
     for a in cs:
         cs[a][1]["generation"] = {"chain": {"step_size": 7.5}}
@@ -143,10 +144,11 @@ def test_the_cli_names_concepts_whose_chains_disagree(capsys):
     cs["color"][1]["train_config"]["step_size"] = 7.5
     assert settings_from_args(p.parse_args(["--steps", "9"]), cs).step_size == ChainSettings().step_size
     err = capsys.readouterr().err
-    assert "record different sampling chains" in err and "color: steps 40, step_size 7.5" in err
-    assert "position: steps 40, step_size 10.0" in err and "step_size 10.0, noise" in err.split("defaults")[1]
-    args = ["--steps", "9", "--step-size", "3", "--noise", "0.1", "--grad-clip", "none", "--order", "ula"]
-    assert settings_from_args(p.parse_args(args), cs).step_size == 3.0  # every option given: nothing falls back
+    assert "disagree on step_size (" in err and "color: steps 40, step_size 7.5" in err
+    assert "position: steps 40, step_size 10.0" in err and err.rstrip().endswith(f"(step_size {ChainSettings().step_size})")
+    # the one field they disagree on is given: the rest still follow the concepts, and nothing is said
+    s = settings_from_args(p.parse_args(["--step-size", "3"]), cs)
+    assert (s.steps, s.step_size, s.noise) == (40, 3.0, 0.005) and capsys.readouterr().err == ""
     del cs["color"][1]["train_config"]
     settings_from_args(p.parse_args([]), cs)
     assert "color: none recorded" in capsys.readouterr().err
