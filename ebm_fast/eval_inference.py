@@ -119,9 +119,9 @@ def table3_splits(n_train: int = 10000, n_test: int = 500, resolution: int = 32,
     ``Size``, ``Type``.
 
     Training: one object, ``TRAIN_SHAPES`` (sphere, box), ``TRAIN_COLORS`` (4 of the 7), half-extent in
-    ``size_range`` (default ``TRAIN_SIZE_RANGE``), random light. Every test set draws from its own seed (``seed + 1 ..``) and
-    changes one factor: ``Color`` uses ``HELDOUT_COLORS``; ``Light`` the ``UNSEEN_LIGHT_*`` ranges;
-    ``Size`` doubles the size; ``Type`` draws cylinders.
+    ``size_range`` (default ``TRAIN_SIZE_RANGE``), random light. Every test set draws from its own seed
+    (``seed + 1 ..``) and changes one factor: ``Color`` uses ``HELDOUT_COLORS``; ``Light`` the
+    ``UNSEEN_LIGHT_*`` ranges; ``Size`` doubles the size; ``Type`` draws cylinders.
     """
     base = scenes.SceneConfig(n=n_train, resolution=resolution, seed=seed, light_variation=True,
                               shapes=TRAIN_SHAPES, colors=TRAIN_COLORS, size_range=tuple(size_range))
@@ -504,9 +504,10 @@ def _eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=500, help="images per test set (default 500; 0: skip Table 3)")
     p.add_argument("--n-train", type=int, default=10000, help="training images (default 10000)")
     p.add_argument("--train-size-range", nargs=2, type=float, default=list(TRAIN_SIZE_RANGE), metavar=("LO", "HI"),
-                   help="half-extents (m) of the training, Test and other sets and of Fig. 11's views (Fig. 12 keeps the default); Size "
-                        f"doubles them (default {TRAIN_SIZE_RANGE[0]} {TRAIN_SIZE_RANGE[1]}; inside "
-                        f"{scenes.SIZE_LIMITS[0]} .. {scenes.SIZE_LIMITS[1]})")
+                   help="half-extents (m) of the training, Test and other sets and of Fig. 11's views (Fig. 12 "
+                        "keeps the default); Size doubles them (default "
+                        f"{TRAIN_SIZE_RANGE[0]} {TRAIN_SIZE_RANGE[1]}; inside {scenes.SIZE_LIMITS[0]} .. "
+                        f"{scenes.SIZE_LIMITS[1]})")
     p.add_argument("--concepts", type=int, default=100, help="Fig. 11: position groups (default 100; 0: skip Fig. 11)")
     p.add_argument("--views", type=int, default=8, help="Fig. 11: observations per group (default 8)")
     p.add_argument("--two-objects", type=int, default=100, metavar="N",

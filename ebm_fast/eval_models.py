@@ -14,7 +14,7 @@ with the highest score (the mean over the rows' metrics, a negated term counting
 CLI::
 
     ebm-fast eval models runs/concepts/position32 --rows position conj_pos_color --n 128 \\
-        [--concepts DIR] [--every 2] [--best-to position.pt]
+        [--concepts DIR] [--every 2 | --every-steps 1000] [--best-to position.pt]
 """
 
 from __future__ import annotations
@@ -186,7 +186,8 @@ def format_judged(records: Sequence[Mapping], rows: Sequence[Row]) -> str:
 
 
 def cli_main(argv: list[str] | None = None) -> int:
-    """``ebm-fast eval models RUN --rows KEY ... [--n 128] [--concepts DIR] [--every K | --every-steps N] [--best-to PATH]``."""
+    """``ebm-fast eval models RUN --rows KEY ... [--n 128] [--concepts DIR] [--every K | --every-steps N]
+    [--best-to PATH]``."""
     p = argparse.ArgumentParser(prog="ebm-fast eval models",
                                 description="Judge every model a training run exported (OUT/models) and pick "
                                             "the one that generates best.")
@@ -228,8 +229,8 @@ def cli_main(argv: list[str] | None = None) -> int:
         print(f"judging {args.run}/models ({attribute}) in {', '.join(args.rows)}, {args.n} samples per row",
               flush=True)
         records = judge_run(args.run, rows, judges, args.n, others=others, settings=settings, seed=args.seed,
-                            alpha=args.alpha, temperature=args.temperature, every=args.every, every_steps=args.every_steps,
-                            map_location=device, judges_id=str(args.judges or "default"), progress=progress)
+                            alpha=args.alpha, temperature=args.temperature, every=args.every,
+                            every_steps=args.every_steps, map_location=device, judges_id=str(args.judges or "default"), progress=progress)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
