@@ -66,7 +66,8 @@ def _expectations(a, b, c, alpha):
 
 # every check allows Z standard errors of its statistic over the chains (which are independent)
 Z = 5.0
-# ULA's stationary variance exceeds the target's by 1/(1 - eta*lambda/2): ~1% at eta = 0.005
+# ULA's stationary variance exceeds the target's by 1/(1 - eta*lambda/2): 1-2% at eta = 0.005 for
+# these curvatures (lambda = 1/sigma^2 = 4, and 8 in a conjunction)
 ULA_VARIANCE_BIAS = 0.03
 
 
