@@ -230,7 +230,8 @@ def cli_main(argv: list[str] | None = None) -> int:
               flush=True)
         records = judge_run(args.run, rows, judges, args.n, others=others, settings=settings, seed=args.seed,
                             alpha=args.alpha, temperature=args.temperature, every=args.every,
-                            every_steps=args.every_steps, map_location=device, judges_id=str(args.judges or "default"), progress=progress)
+                            every_steps=args.every_steps, map_location=device,
+                            judges_id=str(args.judges or "default"), progress=progress)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

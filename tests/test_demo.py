@@ -145,7 +145,8 @@ def test_the_cli_names_concepts_whose_chains_disagree(capsys):
     assert settings_from_args(p.parse_args(["--steps", "9"]), cs).step_size == ChainSettings().step_size
     err = capsys.readouterr().err
     assert "disagree on step_size (" in err and "color: steps 40, step_size 7.5" in err
-    assert "position: steps 40, step_size 10.0" in err and err.rstrip().endswith(f"(step_size {ChainSettings().step_size})")
+    assert "position: steps 40, step_size 10.0" in err
+    assert err.rstrip().endswith(f"(step_size {ChainSettings().step_size})")
     # the one field they disagree on is given: the rest still follow the concepts, and nothing is said
     s = settings_from_args(p.parse_args(["--step-size", "3"]), cs)
     assert (s.steps, s.step_size, s.noise) == (40, 3.0, 0.005) and capsys.readouterr().err == ""
