@@ -504,8 +504,8 @@ def _eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=500, help="images per test set (default 500; 0: skip Table 3)")
     p.add_argument("--n-train", type=int, default=10000, help="training images (default 10000)")
     p.add_argument("--train-size-range", nargs=2, type=float, default=list(TRAIN_SIZE_RANGE), metavar=("LO", "HI"),
-                   help="half-extents (m) of the training, Test and other sets and of Fig. 11's views (Fig. 12 "
-                        "keeps the default); Size doubles them (default "
+                   help="half-extents (m) of the training, Test and other sets, of Fig. 11's views and of Fig. "
+                        "12's objects; Size doubles them (default "
                         f"{TRAIN_SIZE_RANGE[0]} {TRAIN_SIZE_RANGE[1]}; inside {scenes.SIZE_LIMITS[0]} .. "
                         f"{scenes.SIZE_LIMITS[1]})")
     p.add_argument("--concepts", type=int, default=100, help="Fig. 11: position groups (default 100; 0: skip Fig. 11)")
@@ -601,7 +601,7 @@ def cli_main(argv: list[str] | None = None) -> int:
     two = None
     if ebm is not None and a.two_objects > 0:
         two = two_object_maps(ebm, a.two_objects, resolution, grid=a.grid, renderer=a.renderer, seed=a.seed + 200,
-                              figure=out / "fig12_two_objects.png")
+                              size_range=tuple(a.train_size_range), figure=out / "fig12_two_objects.png")
     meta = {"command": "ebm-fast eval inference " + " ".join(argv if argv is not None else sys.argv[1:]),
             "device": f"cpu x{torch.get_num_threads()} threads", "torch": torch.__version__,
             "ebm": a.ebm, "ebm_meta": ebm_meta, "regressor": a.regressor or ("trained" if regressor else None),

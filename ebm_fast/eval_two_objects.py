@@ -42,15 +42,17 @@ POSITION_THRESHOLD = 0.4  # the paper's: a position is correct within 0.4 of the
 
 
 def two_object_labels(n: int, resolution: int = 32, seed: int = 200, *, shapes: Sequence[str] = ("box",),
-                      min_separation: float = 1.0) -> tuple[dict, dict, dict]:
+                      min_separation: float = 1.0,
+                      size_range: tuple[float, float] | None = None) -> tuple[dict, dict, dict]:
     """``(pair, first, second)`` labels dicts of ``n`` scenes (see :mod:`ebm_fast.data.scenes`).
 
     Both objects of scene ``k`` are drawn like Table 3's training objects (colours, half-extents in
-    ``TRAIN_SIZE_RANGE``, random light), of ``shapes`` (default boxes, the paper's "two-cube scene");
-    the second object's position is redrawn until it is at least ``min_separation`` (normalised units)
-    from the first. ``pair`` holds the first as the central object and the second as its one
-    "distractor" slot; ``first`` and ``second`` hold each object alone under the pair's light. The
-    second object's yaw is 0 in all three (the distractor slot has none).
+    ``size_range``, default ``TRAIN_SIZE_RANGE``, random light), of ``shapes`` (default boxes, the
+    paper's "two-cube scene"); the second object's position is redrawn until it is at least
+    ``min_separation`` (normalised units) from the first. ``pair`` holds the first as the central
+    object and the second as its one "distractor" slot; ``first`` and ``second`` hold each object
+    alone under the pair's light. The second object's yaw is 0 in all three (the distractor slot has
+    none).
     """
     from .eval_inference import TRAIN_COLORS, TRAIN_SIZE_RANGE  # here: eval_inference imports this module
 
@@ -59,7 +61,8 @@ def two_object_labels(n: int, resolution: int = 32, seed: int = 200, *, shapes: 
     if not 0.0 < min_separation < 2.0 * np.sqrt(2.0):
         raise ValueError(f"min_separation: expected a distance in (0, 2.83) in normalised units, got {min_separation}")
     base = scenes.SceneConfig(n=n, resolution=resolution, seed=seed, light_variation=True, shapes=tuple(shapes),
-                              colors=TRAIN_COLORS, size_range=TRAIN_SIZE_RANGE)
+                              colors=TRAIN_COLORS,
+                              size_range=TRAIN_SIZE_RANGE if size_range is None else tuple(size_range))
     first = scenes.sample_scene_params(base)
     other = scenes.sample_scene_params(base.replace(seed=seed + 1))
     pos_b = other["pos"].astype(np.float64)
@@ -161,10 +164,16 @@ def evaluate_two_objects(ebm, images: Tensor, pos_a: Tensor, pos_b: Tensor, *, g
 
 
 def two_object_maps(ebm, n: int, resolution: int = 32, *, grid: int = 32, renderer: str = "auto", seed: int = 200,
-                    min_separation: float = 1.0, figure=None, rows: int = 6) -> dict:
-    """Render ``n`` scenes of :func:`two_object_labels` (and each object alone), run
-    :func:`evaluate_two_objects` on them, and (with ``figure``, a path) draw the first ``rows``."""
-    pair, first, second = two_object_labels(n, resolution, seed, min_separation=min_separation)
+                    min_separation: float = 1.0, size_range: tuple[float, float] | None = None, figure=None,
+                    rows: int = 6) -> dict:
+    """Render ``n`` scenes of :func:`two_object_labels` (objects of half-extents in ``size_range``; default
+    Table 3's training range) and each object alone, run :func:`evaluate_two_objects` on them, and (with
+    ``figure``, a path) draw the first ``rows``."""
+    from .eval_inference import TRAIN_SIZE_RANGE  # here: eval_inference imports this module
+
+    size_range = TRAIN_SIZE_RANGE if size_range is None else tuple(size_range)
+    pair, first, second = two_object_labels(n, resolution, seed, min_separation=min_separation,
+                                            size_range=size_range)
     rendered = [scenes.render_scenes(labels, resolution, renderer, progress=False) for labels in (pair, first, second)]
     images = torch.from_numpy(np.stack(rendered, 1)).permute(0, 1, 4, 2, 3).float().div(255.0)
     pos_a, pos_b = torch.from_numpy(first["pos"]), torch.from_numpy(second["pos"])
@@ -172,6 +181,7 @@ def two_object_maps(ebm, n: int, resolution: int = 32, *, grid: int = 32, render
     if figure is not None:
         two_object_figure(figure, images, result["maps"], pos_a, pos_b, rows=rows)
     result["min_separation"] = min_separation
+    result["size_range"] = [float(v) for v in size_range]
     return result
 
 
@@ -223,6 +233,7 @@ def summary_markdown(result: dict, figure: str | None = None) -> list[str]:
     lines = ["## Fig. 12: two objects, never seen in training", "",
              f"{result['n']} scenes of two training objects"
              + (f" at least {result['min_separation']:g} apart" if "min_separation" in result else "")
+             + (" (half-extents {:g}-{:g} m)".format(*result["size_range"]) if "size_range" in result else "")
              + f", energy maps on a "
              f"{result['grid']}x{result['grid']} grid of positions.", "",
              "| measure | value |", "| --- | --- |",

@@ -234,6 +234,8 @@ def test_eval_cli_end_to_end_with_tiny_models(tmp_path, capsys):
     meta = json.loads((tmp_path / "small" / "results.json").read_text())["meta"]
     assert meta["splits"]["Test"]["config"]["size_range"] == [0.12, 0.2]
     assert meta["splits"]["Size"]["size_scale"] == 2.0
+    assert json.loads((tmp_path / "small" / "results.json").read_text())["fig12"]["size_range"] == [0.12, 0.2]
+    assert "(half-extents 0.12-0.2 m)" in (tmp_path / "small" / "report.md").read_text()
     with pytest.raises(SystemExit, match="--train-size-range: size_range"):
         ei.cli_main(argv[:2] + ["--train-size-range", "0.05", "0.2", "--out", str(tmp_path / "bad")])
     # Fig. 12 alone: --n 0 and --concepts 0 skip Table 3 and Fig. 11

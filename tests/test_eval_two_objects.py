@@ -82,6 +82,19 @@ def test_two_object_labels_place_two_separated_objects_and_each_alone():
         eto.two_object_labels(3, min_separation=0.0)
 
 
+def test_two_object_labels_draw_both_objects_from_the_size_range():
+    from ebm_fast.eval_inference import TRAIN_SIZE_RANGE
+
+    seed = int(np.random.default_rng().integers(0, 10**6))
+    lo, hi = 0.12, 0.16  # below the default range (0.18-0.24): none of its objects fits here
+    _, first, second = eto.two_object_labels(60, seed=seed, size_range=(lo, hi))
+    for labels in (first, second):
+        assert np.all((labels["size"] >= lo - 1e-6) & (labels["size"] <= hi + 1e-6))
+        assert np.ptp(labels["size"]) > 0.5 * (hi - lo)  # drawn across the range, not pinned to one end
+    _, first, _ = eto.two_object_labels(60, seed=seed)
+    assert np.all((first["size"] >= TRAIN_SIZE_RANGE[0] - 1e-6) & (first["size"] <= TRAIN_SIZE_RANGE[1] + 1e-6))
+
+
 class SpotDensity(nn.Module):
     """``E(x | c) = -log sum_p x[0, p] exp(-|c - loc(p)|^2 / (2 s^2))`` over an image's pixels (no underflow in
     float64 on [-1, 1]^2 for s = 0.25)."""
