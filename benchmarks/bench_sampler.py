@@ -124,6 +124,8 @@ def test_conv_composition(benchmark, name):
         "floor: per-leaf passes, channels_last input":
             lambda: floor_per_leaf(model, cb, x0, steps, torch.channels_last),
     }
+    if not ON_GPU:  # the three passes of a step one after another (the default runs them in threads)
+        variants["ebm_fast.sample[workers=1]"] = lambda: ef.sample(expr, x0, workers=1, **kw)
     if ON_GPU:
         variants["ebm_fast.sample[eager]"] = lambda: ef.sample(expr, x0, graph=False, **kw)
         variants["ebm_fast.sample[bf16]"] = lambda: ef.sample(expr, x0, autocast=torch.bfloat16, **kw)
@@ -137,7 +139,7 @@ def test_conv_composition(benchmark, name):
         times["ebm_fast.sample"] / times["floor: per-leaf passes, channels_last input"], 3)
     record(benchmark, variants["ebm_fast.sample"], times, "ebm_fast.sample", floor, workload=name,
            model="small32 (no spectral norm), 3 one-hot concepts, a & b & ~c", dtype="float32",
-           shape=[batch, 3, res, res], steps=steps)
+           shape=[batch, 3, res, res], steps=steps, workers=ef.sample(expr, x0, return_info=True, **kw)[1].workers)
 
 
 # ---- small energies ----------------------------------------------------------------------------------

@@ -347,6 +347,13 @@ class EnergyEnsemble(nn.Module):
     def forward(self, x: Tensor, cond: Any = None) -> Tensor:
         return sum(w * m(x, cond) for w, m in zip(self.weights, self.members))
 
+    def energy_terms(self) -> list[tuple[float, nn.Module]]:
+        """``[(w_i, E_i)]`` with ``self(x, c) == sum_i w_i E_i(x, c)``, nested ensembles flattened (their
+        weights multiplied). The sampler runs the terms of a CPU step in parallel threads
+        (:mod:`ebm_fast.leaf_eval`)."""
+        return [(w * v, term) for w, m in zip(self.weights, self.members)
+                for v, term in (m.energy_terms() if isinstance(m, EnergyEnsemble) else [(1.0, m)])]
+
     @property
     def shares_features(self) -> bool:
         """Whether every member exposes a condition-free head (:mod:`ebm_fast.infer` then uses it)."""

@@ -58,6 +58,8 @@ class SampleInfo:
         graph: ``"captured"`` (graphs captured in this call, then replayed), ``"replayed"`` (cached
             graphs), or ``"eager"`` / ``"eager: <why not graphed>"``.
         grouping: ``(leaf indices, "batched" | "per_leaf")`` per group of leaves sharing a model.
+        workers: threads that ran a step's model passes at once (1 on CUDA, when compiled, or with
+            a single pass per step).
         reinitialized: chains re-initialised because their state became non-finite
             (``on_nonfinite="reinit"``).
         nonfinite_leaves: reprs of the leaves that met a non-finite energy or gradient.
@@ -70,6 +72,7 @@ class SampleInfo:
     backend: str
     graph: str
     grouping: list
+    workers: int = 1
     reinitialized: int = 0
     nonfinite_leaves: list = field(default_factory=list)
     nonfinite_state: bool = False
@@ -316,8 +319,8 @@ def sample(expr: Expr, x0: Tensor, *, steps: int, step_size, noise, clamp: tuple
            grad_clip: float | None = None, order: str = "noise_first", seed: int | None = None,
            backend: str = "auto", graph: bool | str = "auto", grouping: str = "auto",
            memory_format: str = "auto", compile: bool | dict = False, autocast: torch.dtype | None = None,
-           on_nonfinite: str = "raise", init: Callable[[int], Tensor] | None = None, return_energies: bool = False,
-           trajectory: bool = False, every: int = 1, return_info: bool = False,
+           workers: int | None = None, on_nonfinite: str = "raise", init: Callable[[int], Tensor] | None = None,
+           return_energies: bool = False, trajectory: bool = False, every: int = 1, return_info: bool = False,
            graph_steps: int = graphs.DEFAULT_GRAPH_STEPS):
     """K steps of Langevin dynamics on a composed energy, from ``x0``.
 
@@ -348,6 +351,10 @@ def sample(expr: Expr, x0: Tensor, *, steps: int, step_size, noise, clamp: tuple
             dict of ``torch.compile`` options; compiling costs tens of seconds once per shape).
         autocast: None, ``torch.bfloat16`` or ``torch.float16``: the models' forward under autocast
             (state, gradients and the step stay in the state dtype / fp32).
+        workers: on the CPU, how many of a step's independent model passes (leaves, ensemble members)
+            run at once in threads: None (default) uses ``torch.get_num_threads()``, capped at the
+            number of passes; 1 runs them one after another (:mod:`ebm_fast.leaf_eval`). The
+            numbers do not depend on it beyond floating-point reassociation of ensemble gradients.
         on_nonfinite: ``"raise"`` (default): ``FloatingPointError`` naming the leaf and the steps;
             ``"reinit"``: chains whose state became non-finite restart from ``init`` (checked every
             step on the CPU, every ``graph_steps`` steps on a GPU) and are counted in the info.
@@ -407,9 +414,10 @@ def sample(expr: Expr, x0: Tensor, *, steps: int, step_size, noise, clamp: tuple
     with torch.inference_mode(False), frozen_parameters(modules):
         evaluator = LeafEvaluator(leaves, batch, x0.shape[1:], device, model_dtype=x0.dtype,
                                   grad_dtype=state_dtype, grouping=grouping, memory_format=memory_format,
-                                  autocast=autocast, compile=compile)
+                                  autocast=autocast, compile=compile, workers=workers)
         info = SampleInfo(seed=seed, steps=steps, backend=stepper.backend, graph="eager",
-                          grouping=evaluator.modes, warnings=list(evaluator.warnings))
+                          grouping=evaluator.modes, workers=evaluator.workers,
+                          warnings=list(evaluator.warnings))
         energies = torch.zeros(steps, batch, dtype=torch.float32, device=device) if return_energies else None
         traj = (torch.empty(steps // every + 1, *x0.shape, dtype=state_dtype, device=device)
                 if trajectory else None)

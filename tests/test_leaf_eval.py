@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 import ebm_fast as ef
-from ebm_fast.leaf_eval import LeafEvaluator, couples_samples, frozen_parameters, inspect_model
+from ebm_fast.leaf_eval import LeafEvaluator, couples_samples, energy_terms, frozen_parameters, inspect_model
+from ebm_fast.models import EnergyEnsemble
 
 from support import TOL
 
@@ -73,6 +74,122 @@ def test_energies_and_gradients_match_float64_oracle(grouping, k):
     assert ev.modes == [([0, 2, 3], mode), ([1], "per_leaf")]
 
 
+def ensemble_leaves(b: int, d: int, c: int):
+    """Five leaves over three MLPs, two of them on a nested ensemble: 9 model passes (tasks) in all."""
+    m1, m2, m3 = CondMLP(d, c, 0), CondMLP(d, c, 0), CondMLP(d, c, 3)
+    ens = EnergyEnsemble([m1, EnergyEnsemble([m2, CondMLP(d, c, 0)], weights=[0.25, 1.5])], weights=[0.7, 0.3])
+    return [ef.Concept(m1, torch.rand(c)), ef.Concept(ens, torch.rand(b, c), per_sample=True),
+            ef.Concept(m3, torch.rand(c)), ef.Concept(ens, torch.rand(c)), ef.Concept(m1, torch.rand(c))]
+
+
+def test_energy_terms_flatten_nested_ensembles():
+    d, c = 4, 2
+    m1, m2, m3 = CondMLP(d, c, 0), CondMLP(d, c, 0), CondMLP(d, c, 0)
+    ens = EnergyEnsemble([m1, EnergyEnsemble([m2, m3], weights=[0.25, 1.5])], weights=[0.7, 0.3])
+    terms = energy_terms(ens)
+    assert [id(m) for _, m in terms] == [id(m1), id(m2), id(m3)]
+    assert [w for w, _ in terms] == pytest.approx([0.7, 0.3 * 0.25, 0.3 * 1.5])
+    x, cond = torch.randn(6, d), torch.rand(6, c)
+    torch.testing.assert_close(sum(w * m(x, cond) for w, m in terms), ens(x, cond))
+    assert energy_terms(m1) == [(1.0, m1)]
+    fn = lambda x: x.sum(1)  # noqa: E731  (a plain callable is one term)
+    assert energy_terms(fn) == [(1.0, fn)]
+
+
+@pytest.mark.parametrize("workers", [2, 3, 16])
+def test_threaded_evaluation_matches_the_oracle_and_is_deterministic(workers):
+    b, d, c = 5, 7, 3
+    leaves = ensemble_leaves(b, d, c)
+    x = torch.randn(b, d)
+    kw = dict(model_dtype=torch.float32, grad_dtype=torch.float32)
+    ev = LeafEvaluator(leaves, b, (d,), x.device, workers=workers, **kw)
+    assert ev.workers == min(workers, 9)
+    e, g = ev(x)
+    assert e.shape == (5, b) and g.shape == (5, b, d) and g.is_contiguous() and not g.requires_grad
+    e64, g64 = oracle(leaves, x)
+    rtol, atol = TOL[torch.float32]
+    torch.testing.assert_close(e.double(), e64, rtol=rtol, atol=atol)
+    torch.testing.assert_close(g.double(), g64, rtol=rtol, atol=atol)
+    # the results are combined in task order, whatever thread finishes first
+    for _ in range(3):
+        e2, g2 = ev(x)
+        assert torch.equal(e2, e) and torch.equal(g2, g)
+    # one thread: the same energies and gradients (ensembles' up to the order of their sums);
+    # leaves on one plain model compute the very same numbers
+    seq = LeafEvaluator(leaves, b, (d,), x.device, workers=1, **kw)
+    assert seq.workers == 1
+    e1, g1 = seq(x)
+    torch.testing.assert_close(e1, e, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(g1, g, rtol=1e-6, atol=1e-6)
+    plain = [0, 2, 4]
+    assert torch.equal(e1[plain], e[plain]) and torch.equal(g1[plain], g[plain])
+
+
+def test_threaded_batched_groups_and_model_dtype():
+    b, d, c = 4, 6, 2
+    leaves = ensemble_leaves(b, d, c)
+    for leaf in leaves:
+        leaf.model.double()
+    x = torch.randn(b, d)
+    ev = LeafEvaluator(leaves, b, (d,), x.device, model_dtype=torch.float64, grad_dtype=torch.float32,
+                       grouping="batched", workers=2)
+    assert [mode for _, mode in ev.modes] == ["batched", "batched", "per_leaf"] and ev.workers == 2
+    e, g = ev(x)
+    assert g.dtype == torch.float32
+    e64, g64 = oracle(leaves, x)
+    torch.testing.assert_close(e.double(), e64, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(g.double(), g64, rtol=1e-6, atol=1e-6)
+
+
+def test_workers_are_checked_and_one_pass_runs_on_the_calling_thread():
+    m = CondMLP(3, 2, 1)
+    kw = dict(model_dtype=torch.float32, grad_dtype=torch.float32)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="workers must be None"):
+            LeafEvaluator([ef.Concept(m, torch.rand(2))], 2, (3,), torch.device("cpu"), workers=bad, **kw)
+    assert LeafEvaluator([ef.Concept(m, torch.rand(2))], 2, (3,), torch.device("cpu"), workers=4, **kw).workers == 1
+
+
+class ThreadCountProbe(nn.Module):
+    """A linear energy that records the intra-op thread count of the thread that runs it."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(3, 1)
+        self.seen: list[int] = []
+
+    def forward(self, x):
+        self.seen.append(torch.get_num_threads())
+        return self.lin(x)
+
+
+def test_tasks_run_with_the_callers_thread_count():
+    """A thread keeps the OpenMP thread count it first ran with; kernels may split sums by it, so every
+    task must follow the caller's current count (else the same chain gives other bits)."""
+    probe = ThreadCountProbe()
+    ev = LeafEvaluator([ef.Concept(probe), ef.Concept(probe)], 2, (3,), torch.device("cpu"),
+                       model_dtype=torch.float32, grad_dtype=torch.float32, workers=2)
+    before = torch.get_num_threads()
+    try:
+        for n in (2, 1, 2):  # whatever count the pool's threads started with, one of these differs
+            torch.set_num_threads(n)
+            probe.seen.clear()
+            ev(torch.randn(2, 3))
+            assert probe.seen == [n, n]
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_threaded_errors_name_the_leaf():
+    m = CondMLP(3, 2, 0)
+    leaves = [ef.Concept(m, torch.rand(2)), ef.Concept(lambda x: x.detach().sum(1), name="detached-leaf")]
+    ev = LeafEvaluator(leaves, 2, (3,), torch.device("cpu"), model_dtype=torch.float32, grad_dtype=torch.float32,
+                       workers=2)
+    assert ev.workers == 2
+    with pytest.raises(ValueError, match="detached-leaf: the energy model returned energies that do not depend"):
+        ev(torch.randn(2, 3))
+
+
 def test_groups_split_by_model_and_condition_signature():
     m = CondMLP(4, 2, 1)
     leaves = [ef.Concept(m, torch.rand(2)), ef.Concept(m, torch.rand(3, 2), per_sample=True),
@@ -108,16 +225,18 @@ class FlattensInput(nn.Module):
         return self.lin(x.view(x.shape[0], -1)) + self.conv(x).square().mean((1, 2, 3))[:, None]
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 @pytest.mark.parametrize("grouping", ["batched", "per_leaf"])
-def test_channels_last_inputs_and_the_fallback_for_models_that_view(grouping):
+def test_channels_last_inputs_and_the_fallback_for_models_that_view(grouping, workers):
     m = FlattensInput()
-    leaves = [ef.Concept(m), ef.Concept(m)]
+    leaves = [ef.Concept(m), ef.Concept(m), ef.Concept(nn.Conv2d(2, 1, 3))]
     x = torch.randn(4, 2, 5, 5)
     ev = LeafEvaluator(leaves, 4, (2, 5, 5), x.device, model_dtype=torch.float32, grad_dtype=torch.float32,
-                       grouping=grouping)
+                       grouping=grouping, workers=workers)
     assert ev.groups[0].channels_last  # auto: a Conv2d on the CPU
     e, g = ev(x)
     assert not ev.groups[0].channels_last and g.is_contiguous()  # retried in the standard layout
+    assert ev.groups[1].channels_last and ev.workers == workers  # the conv that can take NHWC keeps it
     e64, g64 = oracle(leaves, x)
     torch.testing.assert_close(g.double(), g64, rtol=1e-5, atol=1e-5)
 

@@ -23,6 +23,7 @@ from torch import nn
 
 import ebm_fast as ef
 from ebm_fast import graphs
+from ebm_fast.models import EnergyEnsemble
 from ebm_fast.rng import normal_noise
 
 from support import TOL, backend_or_skip, expressions
@@ -148,6 +149,25 @@ def test_grouping_and_memory_format_agree(grouping, memory_format):
     nhwc = memory_format != "contiguous"  # auto: a conv model on the CPU gets NHWC inputs
     assert info.grouping == [([0, 1, 2], grouping + ("+channels_last" if nhwc else ""))]
     torch.testing.assert_close(got, released_loop(expr, x0, **kw), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["and", "nested"])
+def test_threads_give_the_same_chain(name):
+    """Leaves on plain models compute the same numbers in any thread: the chains are equal."""
+    expr = conv_expressions()[name]
+    x0 = torch.rand(3, 3, 8, 8)
+    chain = dict(steps=4, step_size=0.05, noise=0.01, seed=secrets.randbits(40))
+    one, info1 = ef.sample(expr, x0, workers=1, grouping="per_leaf", return_info=True, **chain)
+    two, info2 = ef.sample(expr, x0, workers=2, grouping="per_leaf", return_info=True, **chain)
+    assert (info1.workers, info2.workers) == (1, 2)
+    assert torch.equal(one, two)
+    torch.testing.assert_close(two, released_loop(expr, x0, **chain), rtol=1e-5, atol=1e-5)
+    # an ensemble leaf's members run as separate passes: the chain agrees with the released loop
+    a = conv_concepts()[1][0]
+    mixed = a & ef.Concept(EnergyEnsemble([a.model, CondConvEBM()], weights=[0.6, 0.4]), onehot(1))
+    got, info = ef.sample(mixed, x0, workers=3, return_info=True, **chain)
+    assert info.workers == 3
+    torch.testing.assert_close(got, released_loop(mixed, x0, **chain), rtol=1e-5, atol=1e-5)
 
 
 # random expression trees (support.expressions) over two shared models, shared and per-sample conditions
@@ -453,6 +473,7 @@ def _bad_cases():
         ((a, x0), {**ok, "seed": 2**64}, ValueError, "64 bits"),
         ((a, x0), {**ok, "grouping": "smart"}, ValueError, "grouping must be"),
         ((a, x0), {**ok, "autocast": torch.float64}, ValueError, "autocast"),
+        ((a, x0), {**ok, "workers": 0}, ValueError, "workers must be None"),
         ((a & per, x0), ok, ValueError, "per-sample condition must have batch size 2"),
         ((ef.Concept(lambda x: x.sum()), x0), ok, ValueError, "batch size 2"),
         ((ef.Concept(lambda x: x.detach().sum((1, 2, 3))), x0), ok, ValueError, "do not depend on x"),
