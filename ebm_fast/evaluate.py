@@ -124,6 +124,8 @@ TABLE2 = (
 # the Table 1 concepts folder.
 EXTRA = (
     Row("shape", "Shape", 1, (Term("shape"),)),
+    Row("size", "Size", 1, (Term("size"),)),
+    Row("conj_pos_size", "Conj(Position, Size)", 1, (Term("position"), Term("size"))),
 )
 ROWS = {r.key: r for r in TABLE1 + TABLE2 + EXTRA}
 
