@@ -13,7 +13,7 @@ from ebm_fast.demo_concepts import ATTRIBUTES, concepts_present
 from ebm_fast.sample_cli import chain_settings_of, from_noise_steps, generation_chain
 
 N = 64
-SHIPPED = (*ATTRIBUTES, "shape")  # the demo composes position and colour; shape is shipped for recognition
+SHIPPED = (*ATTRIBUTES, "shape", "size")  # the demo composes position and colour; shape and size are shipped too
 
 
 def test_shipped_concepts_are_present_small_and_carry_their_recipe():
@@ -30,8 +30,8 @@ def test_shipped_concepts_are_present_small_and_carry_their_recipe():
             assert record["cond"] == attribute and record["step"] > 0
             assert (tc["resolution"], tc["model"], tc["step_size"], tc["noise"]) == (32, "small32", 10.0, 0.005)
         assert not any(p.requires_grad for p in model.parameters())
-        # the one concept that does not draw what it reads says so in its file
-        assert (generation_caveat(meta) is not None) == (attribute == "shape"), attribute
+        # the concepts that do not draw (shape) or barely draw (size) what they read say so in their files
+        assert (generation_caveat(meta) is not None) == (attribute in ("shape", "size")), attribute
 
 
 def test_the_shipped_concepts_agree_on_their_generation_chain():
@@ -105,8 +105,9 @@ def test_override_flags_replaces_in_place_and_appends_new_options():
 
 def test_shipped_concepts_read_their_condition_on_fresh_scenes():
     """Colour and shape: the true class has the lowest energy of the seven colours / three shapes;
-    position: the true position has a lower energy than another scene's. Chance is 1/7, 1/3 and 1/2;
-    the shipped models score ~1.0, ~0.99 and ~0.9."""
+    position: the true position has a lower energy than another scene's; size: the true half-extent
+    has a lower energy than one 0.07 m off (inside the range). Chance is 1/7, 1/3, 1/2 and 1/2; the
+    shipped models score ~1.0, ~0.99, ~0.9 and ~0.9."""
     concepts = load_concepts(attributes=SHIPPED)
     seed = int(np.random.default_rng().integers(1 << 30))
     labels = S.sample_scene_params(S.SceneConfig(n=N, resolution=32, seed=seed))
@@ -128,9 +129,16 @@ def test_shipped_concepts_read_their_condition_on_fresh_scenes():
         e_true = model(x, encode_conditions("position", pos, meta, model))
         e_other = model(x, encode_conditions("position", pos.roll(1, 0), meta, model))
     position_acc = float((e_true < e_other).float().mean())
+    model, meta = concepts["size"]
+    size = torch.from_numpy(labels["size"]).float()
+    with torch.no_grad():
+        e_true = model(x, encode_conditions("size", size, meta, model))
+        e_off = model(x, encode_conditions("size", torch.where(size < 0.25, size + 0.07, size - 0.07), meta, model))
+    size_acc = float((e_true < e_off).float().mean())
     assert colour_acc >= 0.85, (seed, colour_acc)
     assert shape_acc >= 0.85, (seed, shape_acc)
     assert position_acc >= 0.75, (seed, position_acc)
+    assert size_acc >= 0.7, (seed, size_acc)
 
 
 def test_sampling_a_shape_prints_the_caveat(tmp_path, capsys):
