@@ -466,9 +466,7 @@ class LeafEvaluator:
             return self._eval_group_once(t.group, xin)
         xi = xin.detach().requires_grad_(True)  # this task's own autograd leaf
         with torch.enable_grad(), self._autocast():
-            e = leaf_energy_from_output(_call(t.model, xi, t.group.conds[t.slot]), self.batch, t.group.where)
-            e = e if e.dtype == torch.float32 else e.float()
-            _check_graph(e, t.group.where)
+            e = _checked_energy(_call(t.model, xi, t.group.conds[t.slot]), self.batch, t.group.where)
             (g,) = torch.autograd.grad(e.sum(), xi, allow_unused=True)
         return e.detach(), torch.zeros_like(xi) if g is None else g
 
@@ -514,17 +512,12 @@ class LeafEvaluator:
             xin = self._input(group, x)
             # one autograd leaf per concept (views of one storage); _input already made a new object
             xs = [xin.requires_grad_(True)] if n == 1 else [xin.detach().requires_grad_(True) for _ in range(n)]
-            es = []
             if self.autocast is None:  # (the context manager costs ~4 us a step: this loop is hot)
                 outs = [_call(group.model, xi, c) for xi, c in zip(xs, group.conds)]
             else:
                 with self._autocast():
                     outs = [_call(group.model, xi, c) for xi, c in zip(xs, group.conds)]
-            for out in outs:
-                e = leaf_energy_from_output(out, b, group.where)
-                e = e if e.dtype == torch.float32 else e.float()
-                _check_graph(e, group.where)
-                es.append(e)
+            es = [_checked_energy(out, b, group.where) for out in outs]
             gs = torch.autograd.grad([e.sum() for e in es], xs, allow_unused=True)
             gs = [torch.zeros_like(xi) if gi is None else gi for gi, xi in zip(gs, xs)]
         # energies leave detached: no autograd graph outlives this call
@@ -557,6 +550,14 @@ def _is_layout_error(exc: BaseException) -> bool:
 
 def _call(model, x: Tensor, cond: Tensor | None) -> Tensor:
     return model(x) if cond is None else model(x, cond)
+
+
+def _checked_energy(out: Tensor, batch: int, where: str) -> Tensor:
+    """A leaf's per-sample energies ``(B,)`` in float32 from its model output, with an autograd graph."""
+    e = leaf_energy_from_output(out, batch, where)
+    e = e if e.dtype == torch.float32 else e.float()
+    _check_graph(e, where)
+    return e
 
 
 def _check_graph(e: Tensor, where: str) -> None:
