@@ -68,7 +68,7 @@ class CMakeBuild(build_ext):
 
 # The shipped weights (judges, concepts) live in folders without __init__.py: listed as namespace
 # packages of their own, each with its *.pt files.
-ASSETS = find_namespace_packages(include=["ebm_fast.assets", "ebm_fast.assets.*"])
+ASSETS = find_namespace_packages(include=["ebm_fast.paper.assets", "ebm_fast.paper.assets.*"])
 
 setup(
     packages=find_packages(include=["ebm_fast", "ebm_fast.*"]) + ASSETS

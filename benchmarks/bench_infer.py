@@ -22,8 +22,8 @@ import torch
 
 from ebm_fast import infer
 from ebm_fast.compose import leaf_energy_from_output
-from ebm_fast.concepts import concept_paths
-from ebm_fast.data import scenes
+from ebm_fast.paper.concepts import concept_paths
+from ebm_fast.paper import scenes
 from ebm_fast.models import build_model, load_model
 from timing import timed
 

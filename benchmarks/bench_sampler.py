@@ -14,7 +14,9 @@ Workloads (SPEC §5, issue 3):
 Baselines: the released code's loop (one forward per concept, autograd of the summed energy, step,
 clamp, detach), the network floor (K x the faster of one batched N·B forward + input-gradient pass
 and N passes of B rows, parameters frozen), a hand-written autograd loop (small energies), and
-TorchEBM's ``LangevinDynamics`` when ``torchebm`` imports. Variants are timed round-robin (the order
+TorchEBM's ``LangevinDynamics`` when ``torchebm`` imports, set to the same chain (its
+``noise_scale`` is ``noise / sqrt(2 step_size)``), which is checked before timing: fed the same
+noise, its chain must equal ``ef.langevin``'s. Variants are timed round-robin (the order
 rotates every round), so drifting machine load hits all of them alike, and the fastest round per variant is kept; every figure, ratio, the device, dtype, shapes, backend and thread count go to ``extra_info``.
 """
 
@@ -32,6 +34,7 @@ from torch import nn
 import ebm_fast as ef
 from ebm_fast.leaf_eval import frozen_parameters
 from ebm_fast.models import build_model
+from ebm_fast.rng import normal_noise
 from machine import device_name
 from timing import timed
 
@@ -113,7 +116,7 @@ def test_conv_composition(benchmark, name):
     eta, sigma = 0.01, 0.005
     cb = [cc.expand(batch, 4).contiguous() for cc in conds]
     cat = torch.cat(cb)
-    kw = dict(steps=steps, step_size=eta, noise=sigma)
+    kw = dict(steps=steps, step_size=eta, noise=sigma, clamp=(0.0, 1.0))  # the released loop's clamp
     other = "per_leaf" if ON_GPU else "batched"  # the grouping "auto" does not pick on this device
     variants = {
         "ebm_fast.sample": lambda: ef.sample(expr, x0, **kw),
@@ -171,6 +174,12 @@ def autograd_loop(f, x0, steps, eta, sigma):
 
 
 def torchebm_sampler(f, eta, sigma):
+    """TorchEBM's ``LangevinDynamics`` running the chain ``x <- x - eta grad f + sigma xi``, or None.
+
+    Its update adds ``noise_scale * sqrt(2 eta) * randn``: ``noise_scale = sigma / sqrt(2 eta)`` gives
+    ebm_fast's ``noise=sigma`` (passing ``sigma`` itself would run a chain with noise
+    ``sigma * sqrt(2 eta)``, 0.02 instead of 0.141 here).
+    """
     try:
         from torchebm.core import BaseModel
         from torchebm.samplers import LangevinDynamics
@@ -185,7 +194,30 @@ def torchebm_sampler(f, eta, sigma):
         def forward(self, x):
             return self.f(x).reshape(x.shape[0])
 
-    return LangevinDynamics(Wrapped(), step_size=eta, noise_scale=sigma, device=DEVICE)
+    return LangevinDynamics(Wrapped(), step_size=eta, noise_scale=sigma / math.sqrt(2 * eta), device=DEVICE)
+
+
+def assert_same_chain(sampler, f, x0, steps, eta, sigma) -> float:
+    """Run TorchEBM's chain fed ebm_fast's noise ``xi(seed, k)`` at update k, and ``ef.langevin`` with that
+    seed: the two must agree (same update, same noise units) before either is timed. Returns the
+    largest difference."""
+    seed, k = 1234, [0]
+    integrator_step = sampler.integrator.step
+
+    def fed(state, step_size, **kw):
+        k[0] += 1
+        x = state["x"]
+        return integrator_step(state, step_size, noise=normal_noise(seed, k[0], x.numel(), device=x.device).view_as(x),
+                               **kw)
+
+    sampler.integrator.step = fed
+    try:
+        theirs = sampler.sample(x=x0.clone(), n_steps=steps)
+    finally:
+        sampler.integrator.step = integrator_step
+    ours = ef.langevin(f, x0, steps=steps, step_size=eta, noise=sigma, order="ula", seed=seed)
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+    return float((ours - theirs).abs().max())
 
 
 @pytest.mark.parametrize("name", ["gmm2d", "mlp"])
@@ -205,8 +237,10 @@ def test_small_energy(benchmark, name):
                                                                     order="ula", compile=True)
     sampler = torchebm_sampler(f, eta, sigma)
     if sampler is not None:
+        benchmark.extra_info["torchebm_max_abs_diff_same_noise"] = assert_same_chain(sampler, f, x0, steps, eta, sigma)
         variants["torchebm LangevinDynamics"] = lambda: sampler.sample(x=x0.clone(), n_steps=steps)
     times = timed(variants, rounds=7)
     record(benchmark, variants["ebm_fast.langevin"], times, "ebm_fast.langevin", times["floor: one pass"],
-           workload=name, dtype="float32", shape=[batch, 2], steps=steps,
-           torchebm="imported" if sampler is not None else "not importable")
+           workload=name, dtype="float32", shape=[batch, 2], steps=steps, noise=sigma,
+           torchebm=(f"imported: noise_scale={sigma / math.sqrt(2 * eta):g} (noise {sigma:.4g} per step)"
+                     if sampler is not None else "not importable"))

@@ -1,4 +1,4 @@
-"""One training iteration (negatives + update) of :class:`ebm_fast.train.Trainer` against the released code's loop.
+"""One training iteration (negatives + update) of :class:`ebm_fast.training.Trainer` against the released code's loop.
 
 The reference is an IGEBM-style iteration written the way the released code writes it, with the same
 model (same weights), K, batch, replay buffer and data:
@@ -31,7 +31,7 @@ import time
 import pytest
 import torch
 
-from ebm_fast.train import Trainer, TrainConfig, synthetic_data
+from ebm_fast.training import Trainer, TrainConfig, synthetic_data
 from machine import device_name
 from timing import sync, timed
 
@@ -102,7 +102,7 @@ class ReferenceIteration:
 
 def network_floor(tr: Trainer, x: torch.Tensor, c: torch.Tensor) -> float:
     """Seconds of K bare forward + input-gradient passes (SPEC §5's network floor of the chain)."""
-    from ebm_fast.train import _sampling_mode
+    from ebm_fast.training.state import sampling_mode as _sampling_mode
 
     with _sampling_mode(tr.model, cache_weights=True):
         sync()

@@ -13,6 +13,7 @@
 #include "langevin_step.h"
 #include "philox.h"
 #include "program_eval.h"
+#include "storage.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
@@ -42,65 +43,6 @@ constexpr int DYNAMIC_CHUNK = 16;
 #else
 #define EBM_CPU_CLONES
 #endif
-
-// ---- storage types: loads/stores of the state dtype, arithmetic in fp32 ---------------------------
-// fp16 and bf16 conversions round to nearest even, as torch's .to(dtype) does.
-struct F32 {
-  using storage = float;
-  static EBM_HD float load(float v) { return v; }
-  static EBM_HD float store(float f) { return f; }
-  static EBM_HD int nonfinite(float v) { return (float_bits(v) & 0x7F800000u) == 0x7F800000u; }
-};
-
-struct F16 {
-  using storage = uint16_t;
-  // c10::detail::fp16_ieee_to_fp32_value (branch-free: denormals through a float multiply)
-  static EBM_HD float load(uint16_t h) {
-    const uint32_t w = static_cast<uint32_t>(h) << 16;
-    const uint32_t sign = w & 0x80000000u;
-    const uint32_t two_w = w + w;
-    const float normalized = bits_float((two_w >> 4) + (0xE0u << 23)) * 0x1.0p-112f;
-    const float denormalized = bits_float((two_w >> 17) | (126u << 23)) - 0.5f;
-    const uint32_t result =
-        sign | (two_w < (1u << 27) ? float_bits(denormalized) : float_bits(normalized));
-    return bits_float(result);
-  }
-  // c10::detail::fp16_ieee_from_fp32_value (round to nearest even, NaN -> 0x7E00)
-  static EBM_HD uint16_t store(float f) {
-    float base = (fabsf(f) * 0x1.0p+112f) * 0x1.0p-110f;
-    const uint32_t w = float_bits(f);
-    const uint32_t shl1_w = w + w;
-    const uint32_t sign = w & 0x80000000u;
-    uint32_t bias = shl1_w & 0xFF000000u;
-    bias = bias < 0x71000000u ? 0x71000000u : bias;
-    base = bits_float((bias >> 1) + 0x07800000u) + base;
-    const uint32_t bits = float_bits(base);
-    const uint32_t exp_bits = (bits >> 13) & 0x00007C00u;
-    const uint32_t mantissa_bits = bits & 0x00000FFFu;
-    const uint32_t nonsign = exp_bits + mantissa_bits;
-    return static_cast<uint16_t>((sign >> 16) | (shl1_w > 0xFF000000u ? 0x7E00u : nonsign));
-  }
-  static EBM_HD int nonfinite(uint16_t h) { return (h & 0x7C00u) == 0x7C00u; }
-};
-
-struct BF16 {
-  using storage = uint16_t;
-  static EBM_HD float load(uint16_t h) { return bits_float(static_cast<uint32_t>(h) << 16); }
-  // c10::detail::round_to_nearest_even
-  static EBM_HD uint16_t store(float f) {
-    const uint32_t u = float_bits(f);
-    const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
-    return static_cast<uint16_t>(f != f ? 0x7FC0u : rounded);
-  }
-  static EBM_HD int nonfinite(uint16_t h) { return (h & 0x7F80u) == 0x7F80u; }
-};
-
-// NaN-propagating clamp (torch.clamp) for lo <= hi; lo = -inf / hi = +inf leave v unchanged. Two
-// plain selects: GCC 12 did not if-convert the nested form, leaving the update loop scalar.
-EBM_HD float clampf(float v, float lo, float hi) {
-  v = v < lo ? lo : v;
-  return v > hi ? hi : v;
-}
 
 // ---- Philox bits of groups q0 .. q0 + nq - 1, planar: r_k[t] is word k of group q0 + t -------------
 // Buffers hold PHILOX_GROUPS (a multiple of 8) words each.
@@ -321,113 +263,23 @@ EBM_CPU_CLONES void process_block(const Ctx& c, int64_t b0, int64_t rows, int64_
   }
 }
 
-// ---- the program, LANES samples at a time -----------------------------------------------------
-// eval_program (program_eval.h) walks the table once per sample: its branches and index loads cost
-// ~40 ns a sample even for an And. Here the table is walked once per group of LANES samples and every
-// operation runs across the lanes (structure of arrays, `omp simd`), in eval_program's order, so the
-// values are those of eval_program (up to FMA contraction in the AVX2/AVX-512 clones). A malformed
-// table is handled as there: edges to non-parents are dropped, leaves that never occur get weight 0.
+// ---- the program, LANES samples per call -----------------------------------------------------
+// One sample at a time the table walk's branches and index loads cost ~40 ns a sample even for an
+// And; across 16 lanes (structure of arrays, `omp simd`) ~5 ns for an And and ~22 ns for an Or of
+// two leaves (B = 4096, one thread; ~170 ns one sample at a time).
 constexpr int LANES = 16;
 
-EBM_CPU_CLONES void eval_program_lanes(const float* table, int M, int N, const float* energy, int64_t B,
-                                       int64_t b0, int nl, float* w, float* root, uint32_t& bad_leaf) {
-  alignas(64) float e[MAX_NODES][LANES];
-  alignas(64) float acc[MAX_NODES][LANES];  // forward: SUM running sum / LSE running max; then adjoints
-  alignas(64) float s[MAX_NODES][LANES];    // LSE running sum of exp(z - max)
-  uint64_t started = 0;
-  for (int k = 0; k < M; ++k) {
-    const float* row = table + k * TABLE_COLUMNS;
-    const int kind = static_cast<int>(row[0]);
-    float* ek = e[k];
-    if (kind == NODE_LEAF) {
-      const int leaf = static_cast<int>(row[1]);
-      const float* src = (leaf >= 0 && leaf < N) ? energy + leaf * B + b0 : nullptr;
-#pragma omp simd
-      for (int l = 0; l < LANES; ++l) ek[l] = (src != nullptr && l < nl) ? src[l] : 0.0f;
-    } else if (kind == NODE_SUM) {
-#pragma omp simd
-      for (int l = 0; l < LANES; ++l) ek[l] = acc[k][l];
-    } else {
-      const float t = row[4];
-      for (int l = 0; l < LANES; ++l) ek[l] = -t * (acc[k][l] + logf(s[k][l]));
-    }
-    const int parent = static_cast<int>(row[2]);
-    if (parent <= k || parent >= M) continue;  // the root (parent -1), or a malformed edge
-    const float* prow = table + parent * TABLE_COLUMNS;
-    const float edge = row[3];
-    float* ap = acc[parent];
-    const bool first = !((started >> parent) & 1u);
-    if (static_cast<int>(prow[0]) == NODE_SUM) {
-      if (first) {
-#pragma omp simd
-        for (int l = 0; l < LANES; ++l) ap[l] = edge * ek[l];
-      } else {
-#pragma omp simd
-        for (int l = 0; l < LANES; ++l) ap[l] = ap[l] + edge * ek[l];
-      }
-    } else {
-      const float tp = prow[4];
-      float* sp = s[parent];
-      if (first) {
-#pragma omp simd
-        for (int l = 0; l < LANES; ++l) {
-          ap[l] = -ek[l] / tp + edge;
-          sp[l] = 1.0f;
-        }
-      } else {
-        for (int l = 0; l < LANES; ++l) {
-          const float z = -ek[l] / tp + edge;
-          const float mx = nan_max(ap[l], z);
-          sp[l] = sp[l] * expf(ap[l] - mx) + expf(z - mx);
-          ap[l] = mx;
-        }
-      }
-    }
-    started |= uint64_t{1} << parent;
-  }
-
-  uint32_t seen = 0;
-  for (int k = M - 1; k >= 0; --k) {
-    const float* row = table + k * TABLE_COLUMNS;
-    const int parent = static_cast<int>(row[2]);
-    float* adj = acc[k];
-    if (k == M - 1 || parent <= k || parent >= M) {
-      const float v = k == M - 1 ? 1.0f : 0.0f;
-#pragma omp simd
-      for (int l = 0; l < LANES; ++l) adj[l] = v;
-    } else {
-      const float* prow = table + parent * TABLE_COLUMNS;
-      const float* ap = acc[parent];
-      const float edge = row[3];
-      if (static_cast<int>(prow[0]) == NODE_SUM) {
-#pragma omp simd
-        for (int l = 0; l < LANES; ++l) adj[l] = ap[l] * edge;
-      } else {
-        const float tp = prow[4];
-        const float* ep = e[parent];
-        const float* ek = e[k];
-        for (int l = 0; l < LANES; ++l) adj[l] = ap[l] * expf((ep[l] - ek[l]) / tp + edge);
-      }
-    }
-    if (static_cast<int>(row[0]) == NODE_LEAF) {
-      const int leaf = static_cast<int>(row[1]);
-      if (leaf >= 0 && leaf < N) {
-        for (int l = 0; l < nl; ++l) w[(b0 + l) * N + leaf] = adj[l];
-        seen |= 1u << leaf;
-      }
-    }
-  }
-  for (int i = 0; i < N; ++i) {
-    if (!((seen >> i) & 1u)) {
-      for (int l = 0; l < nl; ++l) w[(b0 + l) * N + i] = 0.0f;
-    }
-    const float* ei = energy + i * B + b0;
+// Weights w[b, :] and root energies of samples b0 .. b0 + nl - 1; bit i of bad_leaf set when leaf
+// i's energy is inf or NaN in one of them.
+EBM_CPU_CLONES void eval_program_group(const StepArgs& a, int64_t b0, int nl, float* w, uint32_t& bad_leaf) {
+  eval_program<LANES>(a.table, a.M, a.N, a.e + b0, a.B, nl, w + b0 * a.N, a.N, a.energy_out + b0);
+  for (int i = 0; i < a.N; ++i) {
+    const float* ei = a.e + i * a.B + b0;
     float chk = 0.0f;  // v - v is NaN exactly when v is inf or NaN
 #pragma omp simd reduction(+ : chk)
     for (int l = 0; l < nl; ++l) chk += ei[l] - ei[l];
     if (chk != chk) bad_leaf |= 1u << i;
   }
-  for (int l = 0; l < nl; ++l) root[b0 + l] = e[M - 1][l];
 }
 
 }  // namespace
@@ -448,16 +300,13 @@ void langevin_step_cpu(const StepArgs& a) {
   std::vector<float> w(static_cast<size_t>(B) * N);
   c.w = w.data();
   uint32_t bad_leaf = 0;
-  // Programs, LANES samples per item: ~22 ns a sample for one Or of two leaves, ~5 ns for an And
-  // (B = 4096, one thread; against ~170 ns and ~40 ns one sample at a time). A parallel region only
-  // paid past ~1 ms of this work on the shared 2-core CI machine (one sample at a time at B = 4096:
-  // two threads 1.9 ms, one 0.69 ms), hence the threshold of ~40K samples of a three-node program.
+  // Programs, LANES samples per item. A parallel region only paid past ~1 ms of this work on a
+  // shared 2-core machine (one sample at a time at B = 4096: two threads 1.9 ms, one 0.69 ms), hence the threshold of ~40K samples of a three-node program.
   const int64_t groups = (B + LANES - 1) / LANES;
 #pragma omp parallel for schedule(static) reduction(| : bad_leaf) if (B * a.M >= 131072)
   for (int64_t t = 0; t < groups; ++t) {
     const int64_t b0 = t * LANES;
-    eval_program_lanes(a.table, a.M, N, a.e, B, b0, static_cast<int>(std::min<int64_t>(LANES, B - b0)), w.data(),
-                       a.energy_out, bad_leaf);
+    eval_program_group(a, b0, static_cast<int>(std::min<int64_t>(LANES, B - b0)), w.data(), bad_leaf);
   }
 
   int bad_state = 0;

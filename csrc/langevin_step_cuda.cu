@@ -1,5 +1,5 @@
-// Host side of the CUDA fused Langevin step: launch geometry, alignment check, device guard, launch
-// on the caller's stream. The kernel is in langevin_step_kernel.cuh.
+// Host side of the CUDA fused Langevin step: launch geometry, alignment check, device guard
+// (cuda_launch.cuh), launch on the caller's stream. The kernel is in langevin_step_kernel.cuh.
 //
 // Nothing here synchronises or allocates, so a step can be captured in a CUDA graph; the schedule
 // entries and the RNG state are read by the kernel from device memory when given as pointers.
@@ -8,50 +8,16 @@
 #include <stdexcept>
 #include <string>
 
+#include "cuda_launch.cuh"
 #include "langevin_step.h"
 #include "langevin_step_kernel.cuh"
 
 namespace ebm {
 namespace {
 
-void check(cudaError_t err, const char* what) {
-  if (err != cudaSuccess) {
-    throw std::runtime_error(std::string("ebm_fast._C langevin_step_cuda: ") + what + " failed: " +
-                             cudaGetErrorName(err) + " (" + cudaGetErrorString(err) + ")");
-  }
-}
+constexpr const char* OP = "langevin_step_cuda";
 
-// Makes the device holding `ptr` current for the launch (the stream belongs to it: launching on
-// another device's stream fails), and restores the caller's device afterwards. Not used while the
-// stream is being captured into a CUDA graph: the capturing code already runs on the stream's device,
-// and only stream-ordered calls are then made.
-class DeviceGuard {
- public:
-  DeviceGuard(const void* ptr, cudaStream_t stream) {
-    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-    check(cudaStreamIsCapturing(stream, &capture), "cudaStreamIsCapturing");
-    if (capture != cudaStreamCaptureStatusNone) return;
-    cudaPointerAttributes attr;
-    check(cudaPointerGetAttributes(&attr, ptr), "cudaPointerGetAttributes");
-    if (attr.type != cudaMemoryTypeDevice && attr.type != cudaMemoryTypeManaged) {
-      throw std::invalid_argument("langevin_step_cuda: the tensors must be in CUDA device memory");
-    }
-    int current = -1;
-    check(cudaGetDevice(&current), "cudaGetDevice");
-    if (attr.device != current) {
-      check(cudaSetDevice(attr.device), "cudaSetDevice");
-      previous_ = current;
-    }
-  }
-  ~DeviceGuard() {
-    if (previous_ >= 0) cudaSetDevice(previous_);
-  }
-  DeviceGuard(const DeviceGuard&) = delete;
-  DeviceGuard& operator=(const DeviceGuard&) = delete;
-
- private:
-  int previous_ = -1;
-};
+void check(cudaError_t err, const char* what) { cuda_host::check(err, OP, what); }
 
 bool aligned(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
@@ -90,16 +56,16 @@ void launch(const StepArgs& a, cudaStream_t stream) {
 void langevin_step_cuda(const StepArgs& a, uintptr_t stream_handle) {
   if (a.B == 0) return;
   const cudaStream_t stream = reinterpret_cast<cudaStream_t>(stream_handle);
-  const DeviceGuard guard(a.energy_out, stream);  // energy_out: always a device tensor when B > 0
+  const cuda_host::DeviceGuard guard(OP, a.energy_out, stream);  // energy_out: always a device tensor when B > 0
   switch (a.dtype) {
     case DTYPE_F16:
-      launch<cuda::F16>(a, stream);
+      launch<F16>(a, stream);
       break;
     case DTYPE_BF16:
-      launch<cuda::BF16>(a, stream);
+      launch<BF16>(a, stream);
       break;
     default:
-      launch<cuda::F32>(a, stream);
+      launch<F32>(a, stream);
       break;
   }
 }

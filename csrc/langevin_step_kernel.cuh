@@ -8,54 +8,25 @@
 //
 //   A. every thread: the table and the rows' leaf energies -> shared memory; its x and normals ->
 //      registers (independent of the weights, so they overlap the next phase's latency)
-//   B. thread x == 0 of each row: evaluates the program (ebm::eval_program) in place over the leaf
+//   B. thread x == 0 of each row: evaluates the program (ebm::eval_program<1>) in place over the leaf
 //      energies in shared memory -> weights; the chunk-0 block of a row writes the root energy and
 //      the non-finite-energy flag bits (so each is written once per sample)
 //   C. every thread: g = sum_i w_i G[i] over its group, clip, update, clamp, store; non-finite flags
 //      are OR-reduced over the warp and set with one atomicOr per warp (none when all is finite).
 #pragma once
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 #include <stdint.h>
 
 #include "langevin_step.h"
 #include "philox.h"
 #include "program_eval.h"
+#include "storage.h"
 
 namespace ebm {
 namespace cuda {
 
 constexpr int THREADS = 256;
 constexpr int GROUP = 4;  // elements per thread: one Philox group
-
-// ---- storage types: 32/16-bit words in memory, fp32 in registers --------------------------------
-struct F32 {
-  using storage = float;
-  static __device__ __forceinline__ float load(float v) { return v; }
-  static __device__ __forceinline__ float store(float f) { return f; }
-  static __device__ __forceinline__ bool nonfinite(float v) {
-    return (__float_as_uint(v) & 0x7F800000u) == 0x7F800000u;
-  }
-};
-
-struct F16 {
-  using storage = unsigned short;
-  static __device__ __forceinline__ float load(unsigned short h) { return __half2float(__ushort_as_half(h)); }
-  static __device__ __forceinline__ unsigned short store(float f) { return __half_as_ushort(__float2half_rn(f)); }
-  static __device__ __forceinline__ bool nonfinite(unsigned short h) { return (h & 0x7C00u) == 0x7C00u; }
-};
-
-struct BF16 {
-  using storage = unsigned short;
-  static __device__ __forceinline__ float load(unsigned short h) {
-    return __bfloat162float(__ushort_as_bfloat16(h));
-  }
-  static __device__ __forceinline__ unsigned short store(float f) {
-    return __bfloat16_as_ushort(__float2bfloat16_rn(f));
-  }
-  static __device__ __forceinline__ bool nonfinite(unsigned short h) { return (h & 0x7F80u) == 0x7F80u; }
-};
 
 // Four consecutive elements, loaded/stored with one 16-byte (fp32) or 8-byte (fp16/bf16) access.
 template <class S>
@@ -107,11 +78,6 @@ __device__ __forceinline__ void noise_group(uint64_t seed, uint64_t step, uint64
   if (r0 + n > GROUP) normal4(seed, step, q0 + 1, b[0], b[1], b[2], b[3]);
 #pragma unroll
   for (int k = 0; k < GROUP; ++k) xi[k] = pick8(r0 + k, a, b);
-}
-
-// NaN-propagating clamp (torch.clamp); lo = -inf / hi = +inf leave v unchanged.
-__device__ __forceinline__ float clampf(float v, float lo, float hi) {
-  return v < lo ? lo : (v > hi ? hi : v);
 }
 
 __device__ __forceinline__ uint32_t warp_or(uint32_t v) {
@@ -170,7 +136,8 @@ __global__ void __launch_bounds__(THREADS) langevin_step_kernel(const StepArgs a
     for (int i = 0; i < N; ++i) {
       if (!isfinite(wr[i])) bad_energy |= 1u << i;
     }
-    const float energy = eval_program(s_table, M, N, wr, 1, wr);
+    float energy;
+    eval_program<1>(s_table, M, N, wr, 1, 1, wr, 0, &energy);  // in place: energies -> weights
     if (chunk == 0) {
       a.energy_out[b] = energy;
       if (bad_energy) atomicOr(a.flag, static_cast<int>(bad_energy));

@@ -16,22 +16,31 @@ import os
 # setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from . import ops
-from .compose import And, Concept, Expr, Not, Or, Scale, balance_conjunctions, balance_disjunctions
+from . import _moved, ops
+from .compose import (And, Concept, Expr, Negated, Not, Or, Scale, balance_conjunctions, balance_disjunctions,
+                      per_column)
 from .version import __version__
 
-__all__ = ["Concept", "Expr", "And", "Or", "Not", "Scale", "balance_disjunctions", "balance_conjunctions", "ops",
-           "sample", "langevin", "ReplayBuffer", "__version__"]
+_moved.install()  # old module paths (ebm_fast.judges, ebm_fast.data.scenes, ...) keep working
+
+__all__ = ["Concept", "Expr", "And", "Or", "Not", "Scale", "Negated", "per_column", "balance_disjunctions",
+           "balance_conjunctions", "ops",
+           "sample", "langevin", "ReplayBuffer", "sample_annealed", "__version__"]
 
 # Names whose modules import heavier parts (models, training, data) load on first use.
 _LAZY = {
     "sample": "sampler",
     "langevin": "sampler",
     "ReplayBuffer": "replay",
+    "sample_annealed": "diffusion",
 }
+# Subpackages reachable as attributes (``ef.diffusion``) without an explicit import.
+_LAZY_SUBPACKAGES = ("diffusion",)
 
 
 def __getattr__(name: str):
+    if name in _LAZY_SUBPACKAGES:
+        return importlib.import_module(f".{name}", __name__)
     mod = _LAZY.get(name)
     if mod is None:
         raise AttributeError(f"module 'ebm_fast' has no attribute {name!r}")

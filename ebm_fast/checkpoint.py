@@ -10,8 +10,10 @@ Writes are atomic: the bytes go to a temporary file in the destination's directo
 and ``os.replace`` puts them in place (then the directory is fsync-ed), so a crash leaves either the
 old file or the new one, never a mix. :class:`CheckpointManager` keeps two generations, ``last.pt``
 and ``prev.pt``: a save rotates ``last -> prev`` only after the new file is fully on disk, and
-:meth:`CheckpointManager.load_latest` falls back to ``prev.pt`` (with a warning naming the bad file and
-why) when ``last.pt`` is truncated or corrupt.
+:meth:`CheckpointManager.load_latest` falls back to ``prev.pt`` (with one warning per process naming the
+bad file and why) when ``last.pt`` is truncated, corrupt, or not the kind of state the caller resumes. A
+temporary file left by a process killed during a save (``.last.pt.*.tmp``, as large as a checkpoint) is
+removed by the next :meth:`CheckpointManager.save` or :meth:`CheckpointManager.remove_orphans`.
 
 RNG helpers (:func:`rng_state`, :func:`set_rng_state`) store the torch CPU/CUDA, NumPy and Python
 ``random`` states as tensors, so resuming continues the same random streams.
@@ -26,7 +28,7 @@ import random
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -45,6 +47,10 @@ __all__ = [
 
 FORMAT = "ebm_fast.checkpoint"
 VERSION = 1
+
+# (bad file, its size and mtime) already warned about: a run reads its checkpoint twice when it resumes
+# (the config, then the state), and the fallback is news only once.
+_WARNED: set[tuple[str, int, int]] = set()
 
 
 class CheckpointError(RuntimeError):
@@ -176,6 +182,7 @@ class CheckpointManager:
         A ``last.pt`` known to be corrupt (found so by :meth:`load_latest`) is dropped instead of
         rotated, so ``prev.pt`` stays a good one.
         """
+        self.remove_orphans()
         tmp = _write_temp(_envelope_bytes(state), self.directory, self.LAST)
         try:
             if self.last.exists():
@@ -191,11 +198,31 @@ class CheckpointManager:
         _fsync_dir(self.directory)
         return self.last
 
-    def load_latest(self, map_location: Any = "cpu") -> tuple[dict, Path] | None:
+    def remove_orphans(self) -> list[Path]:
+        """Delete the temporary files of saves that never finished (a process killed while writing);
+        returns their paths. Only this directory's ``last.pt`` temporaries are touched: one process
+        writes a run's checkpoints."""
+        if not self.directory.is_dir():
+            return []
+        gone = []
+        for tmp in self.directory.glob(f".{self.LAST}.*.tmp"):
+            try:
+                tmp.unlink()
+                gone.append(tmp)
+            except FileNotFoundError:
+                pass
+        return gone
+
+    def load_latest(self, map_location: Any = "cpu",
+                    check: Callable[[dict], str | None] | None = None) -> tuple[dict, Path] | None:
         """``(state, path)`` of the newest good generation, or None if there is none on disk.
 
-        Falls back from a bad ``last.pt`` to ``prev.pt`` with a ``RuntimeWarning`` that names the
-        bad file and the reason.
+        Args:
+            check: ``check(state)`` returns None for a state the caller can use, else why not (e.g. a valid
+                checkpoint file of another kind); such a file counts as bad.
+
+        Falls back from a bad ``last.pt`` to ``prev.pt`` with a ``RuntimeWarning`` that names the bad file
+        and the reason (once per process for the same file).
 
         Raises:
             CheckpointError: when files exist but none of them loads (lists every file and reason).
@@ -206,14 +233,21 @@ class CheckpointManager:
                 continue
             try:
                 state = load_checkpoint_file(path, map_location=map_location)
+                reason = check(state) if check is not None else None
+                if reason:
+                    raise CheckpointError(f"checkpoint {path}: {reason}")
             except CheckpointError as exc:
                 errors.append(str(exc))
                 if i == 0:
                     self._last_is_bad = True
                 continue
             if errors:
-                warnings.warn(f"{errors[0]}; resuming from the previous good checkpoint {path}",
-                              RuntimeWarning, stacklevel=2)
+                st = self.last.stat() if self.last.exists() else None
+                key = (str(self.last.resolve()), st.st_size if st else -1, st.st_mtime_ns if st else -1)
+                if key not in _WARNED:
+                    _WARNED.add(key)
+                    warnings.warn(f"{errors[0]}; resuming from the previous good checkpoint {path}",
+                                  RuntimeWarning, stacklevel=2)
             return state, path
         if errors:
             raise CheckpointError("no usable checkpoint in " f"{self.directory}: " + "; ".join(errors))

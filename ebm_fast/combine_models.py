@@ -1,4 +1,4 @@
-"""``ebm-fast models combine``: several trained models of one concept saved as one concept file.
+"""Several trained models of one concept as one concept file (``ebm-fast models combine``).
 
 The file holds an :class:`ebm_fast.models.EnergyEnsemble`, ``E(x, c) = sum_i w_i E_i(x, c)`` (a
 product of experts over the same condition), and loads with :func:`ebm_fast.models.load_model` like
@@ -7,21 +7,19 @@ any model file. Its ``meta`` keeps every member's own ``meta`` (training configu
 has no training chain of its own): by default the first member's chain from noise, any field given on
 the command line replacing it.
 
-    ebm-fast models combine ebm_fast/assets/concepts/color.pt color_k60.pt --weights 0.5 0.5 \\
+    ebm-fast models combine ebm_fast/paper/assets/concepts/color.pt color_k60.pt --weights 0.5 0.5 \\
         --steps 400 --step-size 7.5 --note "why" --out color_ensemble.pt
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
-import sys
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from .models import EnergyEnsemble, load_model, save_model
+from .models import EnergyEnsemble, load_model
 
-__all__ = ["combine_models", "cli_main"]
+__all__ = ["combine_models"]
 
 # meta entries that describe the concept (must agree across members), not one member's training
 _CONCEPT_KEYS = ("cond", "cond_type", "cond_dim")
@@ -40,7 +38,7 @@ def combine_models(paths: Sequence[str | Path], weights: Sequence[float] | None 
         ValueError: fewer than two files, weights that do not fit, or members that disagree on the
             condition (``cond``, ``cond_type``, ``cond_dim``), its class names, or the resolution.
     """
-    from .sample_cli import CHAIN_FIELDS, chain_settings_of
+    from .chains import CHAIN_FIELDS, chain_settings_of
 
     if len(paths) < 2:
         raise ValueError(f"models: expected at least 2 model files, got {len(paths)}")
@@ -69,28 +67,3 @@ def combine_models(paths: Sequence[str | Path], weights: Sequence[float] | None 
     if note:
         meta["generation"]["chain_note"] = note
     return ensemble, meta
-
-
-def cli_main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="ebm-fast models combine",
-                                description="Save several trained models of one concept as one concept file "
-                                            "whose energy is their weighted sum (a product of experts).")
-    p.add_argument("models", nargs="+", help="model files (ebm-fast train's model.pt / exports, or other ensembles)")
-    p.add_argument("--out", required=True, help="the concept file to write (atomically)")
-    p.add_argument("--weights", type=float, nargs="+", default=None,
-                   help="one weight per model (default: equal weights summing to 1, the mean energy)")
-    p.add_argument("--steps", type=int, default=None, help="recommended chain from noise: Langevin steps")
-    p.add_argument("--step-size", type=float, default=None, help="recommended chain: step size")
-    p.add_argument("--noise", type=float, default=None, help="recommended chain: noise scale")
-    p.add_argument("--note", default=None, help="why this chain / these members (kept in the file)")
-    args = p.parse_args(argv)
-    chain = {"steps": args.steps, "step_size": args.step_size, "noise": args.noise}
-    try:
-        ensemble, meta = combine_models(args.models, args.weights, chain=chain, note=args.note)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    save_model(args.out, ensemble, meta)
-    terms = " + ".join(f"{w:g} * {Path(f).name}" for w, f in zip(ensemble.weights, args.models))
-    print(f"wrote {args.out}: E = {terms}; chain from noise {meta['generation']['chain']}")
-    return 0

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["Expr", "Concept", "And", "Or", "Not", "Scale", "balance_disjunctions", "balance_conjunctions",
-           "leaf_energy_from_output"]
+           "leaf_energy_from_output", "per_column", "Negated"]
 
 DEFAULT_NOT_ALPHA = 0.01  # the paper's value; the released code uses 0.001
 # The disjunction temperature the sampling tools (`ebm-fast sample`, `eval composition`, the demo)
@@ -30,15 +30,28 @@ DEFAULT_NOT_ALPHA = 0.01  # the paper's value; the released code uses 0.001
 DEFAULT_SAMPLE_TEMPERATURE = 0.01
 
 
-def leaf_energy_from_output(out: Tensor, batch: int, where: str = "energy model") -> Tensor:
-    """Reduce a model output of shape ``(B,)``, ``(B, 1)`` or ``(B, k)`` to per-sample energies ``(B,)``."""
+def leaf_energy_from_output(out: Tensor, batch: int, where: str = "energy model", column: int | None = None) -> Tensor:
+    """Reduce a model output of shape ``(B,)``, ``(B, 1)`` or ``(B, k)`` to per-sample energies ``(B,)``.
+
+    A 0-dim output is accepted when ``batch`` is 1: models that end in ``.squeeze()`` (JEM's ``F``,
+    short_run's and ebm-anatomy's nets) return one at a batch of one. ``column=j`` picks column ``j``
+    of the output flattened to ``(B, k)`` instead of summing the columns.
+    """
     if not isinstance(out, Tensor):
         raise TypeError(f"{where} must return a Tensor of shape (B,) or (B, ...), got {type(out).__name__}")
+    if out.dim() == 0 and batch == 1:
+        out = out.reshape(1)
     if out.dim() == 0 or out.shape[0] != batch:
         raise ValueError(
             f"{where} must return energies with batch size {batch} as the first dimension, "
             f"got shape {tuple(out.shape)}"
         )
+    if column is not None:
+        flat = out.reshape(batch, -1)
+        if not -flat.shape[1] <= column < flat.shape[1]:
+            raise ValueError(f"{where}: column {column} asked for, but the model returns {flat.shape[1]} "
+                             f"column(s) (output shape {tuple(out.shape)})")
+        return flat[:, column]
     return out.reshape(batch, -1).sum(dim=1) if out.dim() > 1 else out
 
 
@@ -135,15 +148,21 @@ class Concept(Expr):
         per_sample: if True, ``cond`` already holds one condition per chain, shape ``(B, ...)``,
             and is passed through unchanged (its first dimension must equal the batch size).
         name: a label used in messages and reprs.
+        column: None (default: the leaf energy is the sum of the output's columns), or ``j``: the
+            leaf energy is column ``j`` of a ``(B, k)`` output. :func:`per_column` builds these.
     """
 
     def __init__(self, model: Callable[..., Tensor], cond: Any = None, *, per_sample: bool = False,
-                 name: str | None = None):
+                 name: str | None = None, column: int | None = None):
         if not callable(model):
             raise TypeError(f"Concept: model must be callable, got {type(model).__name__}")
         if per_sample and cond is None:
             raise ValueError("Concept: per_sample=True needs a condition of shape (B, ...), got None")
+        if column is not None and (isinstance(column, bool) or not isinstance(column, numbers.Integral)
+                                   or column < 0):
+            raise ValueError(f"Concept: column must be None or an int >= 0, got {column!r}")
         self.model = model
+        self.column = None if column is None else int(column)
         self.per_sample = bool(per_sample)
         if cond is not None and not isinstance(cond, Tensor):
             cond = torch.as_tensor(cond)
@@ -173,7 +192,11 @@ class Concept(Expr):
     def energy(self, x: Tensor) -> Tensor:
         c = self.batched_cond(x.shape[0], x.device)
         out = self.model(x) if c is None else self.model(x, c)
-        return leaf_energy_from_output(out, x.shape[0], self._repr())
+        return leaf_energy_from_output(out, x.shape[0], self._repr(), self.column)
+
+    def at_column(self, j: int) -> "Concept":
+        """This concept restricted to column ``j`` of its model's ``(B, k)`` output."""
+        return Concept(self.model, self.cond, per_sample=self.per_sample, name=self.name, column=j)
 
     def _combine(self, it: Iterator[Tensor]) -> Tensor:
         try:
@@ -182,15 +205,16 @@ class Concept(Expr):
             raise ValueError("combine: fewer leaf energies than leaves") from None
 
     def _repr(self) -> str:
+        col = "" if self.column is None else f"[:, {self.column}]"
         if self.name:
-            return self.name
+            return self.name + col
         m = getattr(self.model, "__name__", type(self.model).__name__)
         if self.cond is None:
-            return f"Concept({m})"
+            return f"Concept({m}){col}"
         if self.per_sample:
-            return f"Concept({m}, per-sample cond {tuple(self.cond.shape)})"
+            return f"Concept({m}, per-sample cond {tuple(self.cond.shape)}){col}"
         c = self.cond.tolist() if self.cond.numel() <= 6 else f"<{tuple(self.cond.shape)}>"
-        return f"Concept({m}, {c})"
+        return f"Concept({m}, {c}){col}"
 
 
 class And(Expr):
@@ -315,6 +339,51 @@ class Scale(Expr):
 
     def _repr(self) -> str:
         return f"{self.scale:g}*{self.term._repr()}"
+
+
+def per_column(expr: Expr, columns: int) -> "And":
+    """The composition applied to each of ``columns`` output columns, the results summed.
+
+    Models that return ``(B, k)`` energies (the released CelebA code's ``k`` scales) normally enter a
+    composition through the sum of their columns. The released composition code instead combines
+    column by column -- for a disjunction, ``sum_j -T log sum_i exp(-e_i[:, j] / T)`` -- which
+    differs from the soft-min of the column sums. ``per_column(a | b, k)`` is that energy:
+    ``And(expr_0, ..., expr_{k-1})`` where ``expr_j`` is ``expr`` with every leaf restricted to
+    column ``j`` (:meth:`Concept.at_column`). Conjunctions, negations and scalings are linear, so
+    for them it equals ``expr``; the difference is in the disjunctions.
+
+    Every leaf counts ``columns`` times in ``leaves()`` (at most 32 leaves in all), and each costs
+    its own model pass in a chain: ``k`` times the work of summing the columns.
+    """
+    if isinstance(columns, bool) or not isinstance(columns, numbers.Integral) or columns < 1:
+        raise ValueError(f"per_column: columns must be an int >= 1, got {columns!r}")
+    expr = _as_expr(expr)
+    for leaf in expr.leaves():
+        if leaf.column is not None:
+            raise ValueError(f"per_column: {leaf._repr()} already picks a column")
+    return And(*(_at_column(expr, j) for j in range(int(columns))))
+
+
+def _at_column(e: Expr, j: int) -> Expr:
+    if isinstance(e, Concept):
+        return e.at_column(j)
+    return e._with_children(tuple(_at_column(c, j) for c in e.children()))
+
+
+class Negated:
+    """``x, ... -> -f(x, ...)``: a score or log-density to climb, turned into an energy to descend.
+
+    Plain attributes only, so :func:`ebm_fast.leaf_eval.inspect_model` finds the modules ``f`` holds.
+    """
+
+    def __init__(self, f: Callable[..., Tensor]):
+        if not callable(f):
+            raise TypeError(f"Negated: f must be callable, got {type(f).__name__}")
+        self.f = f
+        self.__name__ = "-" + getattr(f, "__name__", type(f).__name__)
+
+    def __call__(self, *args, **kwargs) -> Tensor:
+        return -self.f(*args, **kwargs)
 
 
 def balance_disjunctions(expr: Expr, x: Tensor, settle: Callable[[Expr, Tensor], Tensor] | None = None,

@@ -13,6 +13,9 @@ Three tools, from coarse to fine:
 * :func:`energy_map` / :func:`energy_map_image` give the energy over a 2-D grid of conditions (e.g.
   positions) as an array and as a picture (the paper's Fig. 12).
 
+:func:`trained_image_size` reads from a model file's meta the image size it was trained at: a
+convolutional energy runs at any size, but inference is only right at that one.
+
 Models are ``model(x, cond) -> energies`` of shape ``(B,)``, ``(B, 1)`` or ``(B, k)`` (summed), as
 everywhere in ebm_fast. Inference never computes parameter gradients.
 """
@@ -31,7 +34,7 @@ from .compose import leaf_energy_from_output
 from .leaf_eval import autocast_context, check_autocast, prefers_channels_last
 
 __all__ = ["InferResult", "grid_energies", "infer_grid", "refine", "position_grid", "energy_map",
-           "energy_map_image"]
+           "energy_map_image", "trained_image_size"]
 
 # Default activation budgets per pass. On the CPU smaller passes are faster per row, not just leaner:
 # small32 at 32x32 (one thread) ran 0.51-0.59 ms per pair in passes of 42-170 rows against 0.65 at 341
@@ -387,3 +390,15 @@ def energy_map_image(energies: Tensor, path: str | None = None, scale: int = 4, 
     if path is not None:
         img.save(path)
     return img
+
+
+def trained_image_size(meta: dict | None) -> tuple[int, int] | None:
+    """``(H, W)`` of the images a model was trained on, from its file's ``meta`` (``data.image_size``,
+    which training records, else the square ``data.scene_config.resolution`` of a scenes-trained model);
+    None when the file does not say."""
+    data = (meta or {}).get("data") or {}
+    size = data.get("image_size")
+    if size is not None:
+        return int(size[0]), int(size[1])
+    res = (data.get("scene_config") or {}).get("resolution")
+    return (int(res), int(res)) if res else None

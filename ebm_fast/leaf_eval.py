@@ -14,8 +14,9 @@ Both give the same numbers up to floating-point reassociation. ``grouping="auto"
 the CPU, where the larger batched pass is slower (docs/sampling.md: the ``small32`` conditional
 ResNet, three concepts, one thread, K = 5: 629 ms per leaf against 761 ms batched at 32x32, B = 32;
 1122 against 1340 ms at 64x64, B = 16). A model whose output couples the samples of a batch
-(BatchNorm in training mode, or BatchNorm without running statistics) always runs per leaf, with one
-warning: batching would change its energies.
+(BatchNorm in training mode, or BatchNorm without running statistics) always runs per leaf: batching
+would change its energies. BatchNorm in training mode also updates its running statistics on every
+step of a chain; either is warned about once per model object (and listed in the chain's info).
 
 ``memory_format="auto"`` feeds image states ``[B, C, H, W]`` to models that contain a ``Conv2d`` in
 ``channels_last`` layout on the CPU: oneDNN's NHWC convolutions ran the same forward + input-gradient
@@ -33,8 +34,16 @@ combined in a fixed order, so the numbers do not depend on which thread finished
 energy is its weighted sum in member order, as its own forward computes it; its gradient is the same
 sum of the members' gradients). A conv pass of 32x32 images at B = 32 does not keep 2 cores busy on
 its own: the shipped ``position & color`` step (four passes) took 99 ms in two threads against 137 ms
-one after another on the 2-core CPU (docs/sampling.md, "Threads on the CPU"). CUDA devices and
-compiled evaluators keep one thread.
+one after another on the 2-core CPU (docs/sampling.md, "Threads on the CPU"). CUDA devices,
+compiled evaluators and *stateful* models keep one thread: a model with BatchNorm, spectral
+normalisation or dropout in training mode changes its buffers or draws random numbers on every
+forward (:func:`stateful_parts`), so its passes run one after another in a fixed order and a chain
+gives the same bits run to run.
+
+**Several chains at once.** Chains on one model may run from several Python threads:
+:func:`frozen_parameters` counts the chains holding a model and the last to finish restores the
+flags and modes the first one found. A stateful model shared by concurrent chains still changes its
+state in whatever order the threads reach it.
 
 No parameter gradient is computed here: :func:`frozen_parameters` turns ``requires_grad`` off for
 the duration of a chain and restores the caller's flags afterwards, and gradients are taken with
@@ -59,7 +68,8 @@ from torch import Tensor, nn
 
 from .compose import Concept, leaf_energy_from_output
 
-__all__ = ["LeafEvaluator", "ModelParts", "inspect_model", "frozen_parameters", "couples_samples", "energy_terms",
+__all__ = ["LeafEvaluator", "ModelParts", "inspect_model", "frozen_parameters", "couples_samples", "stateful_parts",
+           "energy_terms",
            "GROUPINGS", "MEMORY_FORMATS", "AUTOCAST_DTYPES", "check_autocast", "autocast_context"]
 
 GROUPINGS = ("auto", "batched", "per_leaf")
@@ -181,29 +191,106 @@ def couples_samples(module: nn.Module) -> bool:
     return False
 
 
+def _power_iterates(m: nn.Module) -> bool:
+    """Whether a forward of ``m`` itself runs a spectral-norm power iteration (updating its ``u``)."""
+    if not m.training:
+        return False
+    if type(m).__name__ == "_SpectralNorm":  # torch.nn.utils.parametrizations.spectral_norm
+        return getattr(m, "n_power_iterations", 1) > 0
+    return any(type(h).__name__ == "SpectralNorm" for h in m._forward_pre_hooks.values())  # nn.utils.spectral_norm
+
+
+def stateful_parts(module: nn.Module) -> list[str]:
+    """What makes a forward of ``module`` change state or draw random numbers, in words (empty: nothing).
+
+    BatchNorm in training mode updates its running statistics; spectral normalisation in training
+    mode runs a power iteration that updates its ``u`` vector; dropout in training mode draws from
+    torch's global generator. Passes of such a model run one after another (their order fixes the
+    result), never in worker threads.
+    """
+    found = []
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats:
+            found.append("BatchNorm in training mode")
+        elif _power_iterates(m):
+            found.append("spectral norm in training mode")
+        elif isinstance(m, nn.modules.dropout._DropoutNd) and m.training and m.p > 0:
+            found.append("dropout in training mode")
+    return sorted(set(found))
+
+
+# Models that have had the BatchNorm-in-training-mode warning (shown once per model object).
+_WARNED_BATCHNORM: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
+_WARNED_LOCK = threading.Lock()
+
+
+def warn_once_per_model(model: nn.Module, message: str, stacklevel: int) -> None:
+    """``RuntimeWarning(message)`` the first time it is asked for ``model``."""
+    with _WARNED_LOCK:
+        if model in _WARNED_BATCHNORM:
+            return
+        _WARNED_BATCHNORM.add(model)
+    warnings.warn(message, RuntimeWarning, stacklevel=stacklevel + 1)
+
+
+# Parameters and modules that some chain holds frozen, with the caller's flags and modes and the
+# number of chains holding them: concurrent chains on one model (several Python threads) restore
+# what the caller set, not what another chain had set in between.
+_FROZEN_LOCK = threading.Lock()
+_FROZEN_PARAMS: dict[int, list] = {}  # id -> [parameter, caller's requires_grad, holders]
+_FROZEN_MODES: dict[int, list] = {}  # id -> [module, caller's training flag, holders]
+
+
 @contextlib.contextmanager
 def frozen_parameters(modules: Sequence[nn.Module]) -> Iterator[None]:
     """Turn ``requires_grad`` off on every parameter of ``modules``; restore the caller's flags and
-    train/eval modes exactly afterwards, also when an exception is raised."""
-    params: dict[int, tuple[Tensor, bool]] = {}
-    modes: dict[int, tuple[nn.Module, bool]] = {}
+    train/eval modes exactly afterwards, also when an exception is raised.
+
+    Safe for chains on one model in several threads at once: the flags and modes are those found by
+    the first chain to enter, and the last chain to leave restores them. (While any chain runs, the
+    parameters have ``requires_grad=False`` in every thread: do not train the model concurrently.)
+    """
+    params: dict[int, Tensor] = {}
+    mods: dict[int, nn.Module] = {}
     for mod in modules:
         for m in mod.modules():
-            modes.setdefault(id(m), (m, m.training))
+            mods.setdefault(id(m), m)
         for p in mod.parameters():
-            params.setdefault(id(p), (p, p.requires_grad))
+            params.setdefault(id(p), p)
+    requires_grad = (lambda p: p.requires_grad, lambda p, flag: p.requires_grad_(flag))
+    training = (lambda m: m.training, lambda m, flag: m.train(flag))
+    with _FROZEN_LOCK:
+        _hold(_FROZEN_PARAMS, params, *requires_grad, frozen=False)
+        _hold(_FROZEN_MODES, mods, *training, frozen=None)
     try:
-        for p, _ in params.values():
-            if p.requires_grad:
-                p.requires_grad_(False)
         yield
     finally:
-        for p, flag in params.values():
-            if p.requires_grad != flag:
-                p.requires_grad_(flag)
-        for m, training in modes.values():
-            if m.training != training:
-                m.train(training)
+        with _FROZEN_LOCK:
+            _release(_FROZEN_PARAMS, params, *requires_grad)
+            _release(_FROZEN_MODES, mods, *training)
+
+
+def _hold(table: dict, objs: dict, read, write, frozen) -> None:
+    """Count one more holder of each object; the first records the caller's value (and sets ``frozen``)."""
+    for k, o in objs.items():
+        entry = table.get(k)
+        if entry is not None:
+            entry[2] += 1
+            continue
+        table[k] = [o, read(o), 1]
+        if frozen is not None and read(o) != frozen:
+            write(o, frozen)
+
+
+def _release(table: dict, objs: dict, read, write) -> None:
+    """Count one holder less; the last restores the value the first recorded."""
+    for k in objs:
+        entry = table[k]
+        entry[2] -= 1
+        if entry[2] == 0:
+            del table[k]
+            if read(entry[0]) != entry[1]:
+                write(entry[0], entry[1])
 
 
 # ---- the evaluator -----------------------------------------------------------------------------
@@ -216,6 +303,7 @@ class _Group:
     conds: list[Tensor | None] = field(default_factory=list)  # batched: [cat (n·B, ...)], else one per leaf
     channels_last: bool = False  # feed the model NHWC inputs
     compiled: Any = None
+    column: int | None = None  # the leaves' Concept.column (one per group)
 
 
 @dataclass
@@ -286,8 +374,8 @@ class LeafEvaluator:
             energy and input-gradient as one compiled ``torch.func.grad_and_value`` function.
         workers: None (``torch.get_num_threads()``) or an int >= 1: on the CPU, how many of the
             evaluation's independent model passes run at once in threads (see the module docstring;
-            capped at the number of passes; 1 runs them one after another). CUDA devices and compiled
-            evaluators use 1.
+            capped at the number of passes; 1 runs them one after another). CUDA devices, compiled
+            evaluators and stateful models (:func:`stateful_parts`) use 1.
 
     Calling it with ``x`` ``[B, *sample_shape]`` returns ``(E, G)``: float32 ``[N, B]`` and
     ``grad_dtype`` ``[N, B, *sample_shape]``, both contiguous (standard layout).
@@ -320,7 +408,9 @@ class LeafEvaluator:
         # One batched group that holds every leaf in order: its output is (E, G) without a copy.
         self._identity = len(self.groups) == 1 and self.groups[0].index == list(range(self.num_leaves))
         self._tasks = self._make_tasks()
-        threads = 1 if self.device.type != "cpu" or compile is not False else (
+        # a stateful model's passes (BatchNorm statistics, spectral-norm power iterations, dropout draws)
+        # run one after another in task order: in threads their order, and so the result, would vary
+        threads = 1 if self.device.type != "cpu" or compile is not False or self.stateful else (
             torch.get_num_threads() if workers is None else workers)
         self.workers = max(1, min(threads, len(self._tasks)))
         self.load_conditions(leaves)
@@ -332,27 +422,39 @@ class LeafEvaluator:
         for i, leaf in enumerate(leaves):
             if not isinstance(leaf, Concept):
                 raise TypeError(f"leaves must be Concepts, got {type(leaf).__name__}")
-            key = (id(leaf.model), _cond_signature(leaf))
+            key = (id(leaf.model), _cond_signature(leaf), leaf.column)
             g = by_key.get(key)
             if g is None:
-                g = _Group(model=leaf.model, index=[], batched=False, where=repr(leaf))
+                g = _Group(model=leaf.model, index=[], batched=False, where=repr(leaf), column=leaf.column)
                 by_key[key] = g
                 groups.append(g)
             g.index.append(i)
+        self.stateful: list[str] = []
         for g in groups:
-            coupled = any(couples_samples(m) for m in inspect_model(g.model).modules)
+            modules = inspect_model(g.model).modules
+            coupled = any(couples_samples(m) for m in modules)
             if coupled and grouping == "batched":
                 raise ValueError(
                     f"grouping='batched' is impossible for {g.where}: its model has BatchNorm in training "
                     "mode (or without running statistics), which couples the samples of a batch; use "
                     "grouping='auto' or 'per_leaf', or put the model in eval() mode")
-            if coupled and len(g.index) > 1:
+            parts = sorted({what for m in modules for what in stateful_parts(m)})
+            if parts:
+                self.stateful.append(f"{g.where}: " + ", ".join(parts))
+            if coupled and (len(g.index) > 1 or "BatchNorm in training mode" in parts):
                 msg = (f"{g.where}: the model has BatchNorm in training mode (or without running "
-                       f"statistics), which couples the samples of a batch, so its {len(g.index)} leaves "
-                       "run one pass of B rows each (as the reference loop does) instead of one batched "
-                       "pass; call model.eval() to batch them")
+                       "statistics), which couples the samples of a batch")
+                if "BatchNorm in training mode" in parts:
+                    msg += " and updates its running statistics on every step of the chain"
+                if len(g.index) > 1:
+                    msg += (f"; its {len(g.index)} leaves run one pass of B rows each (as the reference loop "
+                            "does) instead of one batched pass")
+                msg += "; call model.eval() before sampling (shown once per model)"
                 self.warnings.append(msg)
-                warnings.warn(msg, RuntimeWarning, stacklevel=4)
+                for m in modules:
+                    if couples_samples(m):
+                        warn_once_per_model(m, msg, stacklevel=5)
+                        break
             if len(g.index) == 1 or coupled or grouping == "per_leaf":
                 g.batched = False
             elif grouping == "batched":
@@ -466,7 +568,7 @@ class LeafEvaluator:
             return self._eval_group_once(t.group, xin)
         xi = xin.detach().requires_grad_(True)  # this task's own autograd leaf
         with torch.enable_grad(), self._autocast():
-            e = _checked_energy(_call(t.model, xi, t.group.conds[t.slot]), self.batch, t.group.where)
+            e = _checked_energy(_call(t.model, xi, t.group.conds[t.slot]), self.batch, t.group.where, t.group.column)
             (g,) = torch.autograd.grad(e.sum(), xi, allow_unused=True)
         return e.detach(), torch.zeros_like(xi) if g is None else g
 
@@ -503,7 +605,7 @@ class LeafEvaluator:
                 xb.requires_grad_(True)
                 with self._autocast():
                     out = _call(group.model, xb, group.conds[0])
-                e = leaf_energy_from_output(out, n * b, group.where).float()
+                e = leaf_energy_from_output(out, n * b, group.where, group.column).float()
                 _check_graph(e, group.where)
                 (g,) = torch.autograd.grad(e.sum(), xb, allow_unused=True)
                 if g is None:
@@ -517,7 +619,7 @@ class LeafEvaluator:
             else:
                 with self._autocast():
                     outs = [_call(group.model, xi, c) for xi, c in zip(xs, group.conds)]
-            es = [_checked_energy(out, b, group.where) for out in outs]
+            es = [_checked_energy(out, b, group.where, group.column) for out in outs]
             gs = torch.autograd.grad([e.sum() for e in es], xs, allow_unused=True)
             gs = [torch.zeros_like(xi) if gi is None else gi for gi, xi in zip(gs, xs)]
         # energies leave detached: no autograd graph outlives this call
@@ -532,7 +634,8 @@ class LeafEvaluator:
         if group.compiled is None:
             group.compiled = _compiled_energy_grad(group.model, rows, self.batch, self.model_dtype,
                                                    self.autocast, self.device.type, group.where,
-                                                   self.compile if isinstance(self.compile, dict) else {})
+                                                   self.compile if isinstance(self.compile, dict) else {},
+                                                   group.column)
         xin = self._input(group, x)
         if group.batched:
             e, g = group.compiled(xin, group.conds[0])
@@ -552,9 +655,9 @@ def _call(model, x: Tensor, cond: Tensor | None) -> Tensor:
     return model(x) if cond is None else model(x, cond)
 
 
-def _checked_energy(out: Tensor, batch: int, where: str) -> Tensor:
+def _checked_energy(out: Tensor, batch: int, where: str, column: int | None = None) -> Tensor:
     """A leaf's per-sample energies ``(B,)`` in float32 from its model output, with an autograd graph."""
-    e = leaf_energy_from_output(out, batch, where)
+    e = leaf_energy_from_output(out, batch, where, column)
     e = e if e.dtype == torch.float32 else e.float()
     _check_graph(e, where)
     return e
@@ -568,13 +671,13 @@ def _check_graph(e: Tensor, where: str) -> None:
 
 
 def _compiled_energy_grad(model, rows: int, batch: int, dtype: torch.dtype, autocast, device_type: str,
-                          where: str, options: dict):
+                          where: str, options: dict, column: int | None = None):
     """``f(x [B, ...], cond) -> (e float32 [rows, B], g [rows, B, ...])`` compiled with ``torch.compile``.
 
     ``rows > 1`` repeats ``x`` leaf-major (the batched pass). Cached per model object and settings, so
     later chains reuse the compiled code (compiling takes ~28 s for a conv EBM on a 2-core CPU).
     """
-    key = (rows, batch, dtype, autocast, device_type, tuple(sorted(options.items())))
+    key = (rows, batch, dtype, autocast, device_type, tuple(sorted(options.items())), column)
     try:
         per_model = _COMPILED.setdefault(model, {})
     except TypeError:  # not weak-referenceable: cache on nothing
@@ -586,7 +689,7 @@ def _compiled_energy_grad(model, rows: int, batch: int, dtype: torch.dtype, auto
     def total(xx: Tensor, cond: Tensor | None):
         with autocast_context(autocast, device_type):
             out = _call(model, xx, cond)
-        e = leaf_energy_from_output(out, xx.shape[0], where).float()
+        e = leaf_energy_from_output(out, xx.shape[0], where, column).float()
         return e.sum(), e
 
     grad_and_value = torch.func.grad_and_value(total, has_aux=True)

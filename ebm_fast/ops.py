@@ -15,12 +15,27 @@ name       where                                 implementation
 ``backend="auto"`` picks Triton, then the CUDA extension, then torch for CUDA tensors, and the C++
 kernel, then torch for CPU tensors; a backend named explicitly that is not available raises with the
 command that builds it.
+
+How a scalar such as ``step_size`` reaches a kernel (``noise``, ``seed`` and ``step`` travel alongside):
+
+* :func:`ebm_fast.sample` checks each entry with :func:`check_scale` (the rule :func:`langevin_step`
+  applies too) and keeps the schedule on the host or on the device; ``Chain.step``
+  (:mod:`ebm_fast.sampler`) calls the chain's :class:`PreparedStep` with ``step_size=`` a float or a
+  0-dim float32 tensor (a CUDA graph's input).
+* :class:`PreparedStep` passes it by keyword to the backend's launcher, all with the signature of
+  :mod:`ebm_fast.step_reference`: ``langevin_step_torch`` (the reference),
+  :func:`ebm_fast._native.step_cpu` / ``step_cuda`` and ``ebm_fast.kernels.langevin_step.langevin_step_triton``.
+* ``_native.step_args`` stores it in the field ``StepArgs.step_size`` (a tensor: its address in
+  ``StepArgs.step_size_ptr``) of the struct declared in ``csrc/langevin_step.h``; the C++ kernel reads it
+  as ``eta`` in ``langevin_step_cpu``, the CUDA kernel as ``eta`` in ``langevin_step_kernel``. The Triton
+  launcher passes it as the kernel argument ``step_size`` (read with ``_load_scalar``).
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import numbers
 from typing import Callable, Sequence
 
 import torch
@@ -31,7 +46,7 @@ from .compose import Expr
 from .step_reference import ORDERS, langevin_step_torch
 
 __all__ = ["langevin_step", "prepare_step", "PreparedStep", "available_backends", "resolve_backend", "BACKENDS",
-           "triton_unusable_reason", "new_flag"]
+           "triton_unusable_reason", "new_flag", "check_scale", "check_step", "check_seed", "prepare_mcmc"]
 
 BACKENDS = ("auto", "torch", "cpu", "cuda", "triton")
 STATE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -133,8 +148,47 @@ def _stack(name: str, v, device) -> Tensor:
     raise TypeError(f"{name} must be a Tensor or a non-empty sequence of Tensors, got {type(v).__name__}")
 
 
-def _scalar_arg(name: str, v, device: torch.device, dtype: torch.dtype, integer: bool):
-    """A Python number, or a 0-dim / 1-element tensor on ``device`` (a schedule entry)."""
+def check_scale(name: str, v) -> float:
+    """The rule for ``step_size`` and ``noise`` given as numbers (every entry of a schedule too): a
+    finite real number >= 0, returned as a float. A negative step size climbs the energy and a
+    negative noise is the same chain as its absolute value, so both are refused rather than run.
+    Used by :func:`langevin_step` and by :func:`ebm_fast.sample`."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {type(v).__name__}")
+    v = float(v)
+    if not (math.isfinite(v) and v >= 0.0):
+        raise ValueError(f"{name} must be finite and >= 0, got {v}")
+    return v
+
+
+def check_step(v) -> int:
+    """The rule for the RNG step index given as a number: an int in ``[0, 2**63)`` (SPEC §4's counter)."""
+    return _check_int("step", v, 2**63, ">= 0 and < 2**63")
+
+
+def check_seed(v) -> int:
+    """The rule for a seed given as a number: an int in ``[0, 2**64)`` (the Philox key's 64 bits).
+
+    Negative seeds are refused: ``-1`` would otherwise be the key ``2**64 - 1`` without a word. A
+    seed given as an int64 tensor holds the key's 64 bits as they are (keys >= 2**63 read as negative
+    int64, :func:`ebm_fast.rng.seed_to_int64`). Used by :func:`langevin_step` and :func:`ebm_fast.sample`.
+    """
+    return _check_int("seed", v, 2**64, "in [0, 2**64) (64 bits)")
+
+
+def _check_int(name: str, v, end: int, rule: str) -> int:
+    """``v`` as an int in ``[0, end)``; else one line naming ``name`` and the ``rule``."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise TypeError(f"{name} must be an int or an int64 tensor, got {type(v).__name__}")
+    v = int(v)
+    if not 0 <= v < end:
+        raise ValueError(f"{name} must be {rule}, got {v}")
+    return v
+
+
+def _scalar_arg(name: str, v, device: torch.device, dtype: torch.dtype, check: Callable):
+    """A Python number passed through ``check``, or a 0-dim / 1-element tensor on ``device`` (a
+    schedule entry or RNG state read by the kernel; its value is not checked here, which would sync)."""
     if isinstance(v, Tensor):
         if v.numel() != 1:
             raise ValueError(f"{name} must be a number or a 1-element tensor, got shape {tuple(v.shape)}")
@@ -143,15 +197,7 @@ def _scalar_arg(name: str, v, device: torch.device, dtype: torch.dtype, integer:
         if v.dtype != dtype:
             raise TypeError(f"{name} must have dtype {dtype} when given as a tensor, got {v.dtype}")
         return v.reshape(()) if v.is_contiguous() else v.reshape(()).clone()
-    if integer:
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise TypeError(f"{name} must be an int or an int64 tensor, got {type(v).__name__}")
-        return v
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise TypeError(f"{name} must be a number or a float32 tensor, got {type(v).__name__}")
-    if not math.isfinite(v):
-        raise ValueError(f"{name} must be finite, got {v}")
-    return float(v)
+    return check(v)
 
 
 def _check_fixed(order: str, grad_clip, clamp) -> tuple[float | None, tuple[float, float] | None]:
@@ -214,6 +260,39 @@ def prepare_step(expr: Expr, device: torch.device | str, *, order: str = "ula", 
     return PreparedStep(name, _step_fn(name), table, order, grad_clip, clamp)
 
 
+def prepare_mcmc(expr: Expr, device: torch.device | str, *, backend: str = "auto") -> tuple[str, Callable, Callable,
+                                                                                          Tensor]:
+    """The fused MALA/HMC operations of one backend: ``(backend, move, accept, table)``.
+
+    ``move`` and ``accept`` have the signatures of :mod:`ebm_fast.mcmc_reference`; the chains of
+    :mod:`ebm_fast.mcmc` validate their tensors once. ``auto`` as for :func:`prepare_step`, except
+    that an extension built without the MALA/HMC kernels falls back to torch (named explicitly, it raises).
+    """
+    if not isinstance(expr, Expr):
+        raise TypeError(f"expr must be an ebm_fast expression, got {type(expr).__name__}")
+    device = torch.device(device)
+    program = expr.program
+    program.check_integrable()
+    name = resolve_backend(backend, device)
+    if name in ("cpu", "cuda") and not _native.has_mcmc():
+        if backend != "auto":
+            raise RuntimeError(f"backend={name!r} needs an ebm_fast._C built with the MALA/HMC kernels; rebuild "
+                               f"it with: {_native.BUILD_HINT}")
+        name = "torch"
+    table = program.table if name == "torch" else program.on(device)
+    if name == "torch":
+        from .mcmc_reference import mcmc_accept_torch, mcmc_move_torch
+
+        return name, mcmc_move_torch, mcmc_accept_torch, table
+    if name == "cpu":
+        return name, _native.mcmc_move_cpu, _native.mcmc_accept_cpu, table
+    if name == "cuda":
+        return name, _native.mcmc_move_cuda, _native.mcmc_accept_cuda, table
+    from .kernels.mcmc_step import mcmc_accept_triton, mcmc_move_triton
+
+    return name, mcmc_move_triton, mcmc_accept_triton, table
+
+
 def langevin_step(x: Tensor, grads, energies, expr: Expr, *, step_size, noise, seed: int | Tensor,
                   step: int | Tensor, order: str = "ula", grad_clip: float | None = None,
                   clamp: tuple[float, float] | None = None, backend: str = "auto",
@@ -227,9 +306,13 @@ def langevin_step(x: Tensor, grads, energies, expr: Expr, *, step_size, noise, s
             ``grads[i]`` belongs to ``expr.leaves()[i]``.
         energies: leaf energies ``[N, B]`` (or a sequence of N ``[B]``), any float dtype.
         expr: the composed expression (its compiled program gives the per-sample weights).
-        step_size: ``eta``; a number or a 1-element float32 tensor on x's device.
+        step_size: ``eta``: a finite number >= 0 (:func:`check_scale`), or a 1-element float32 tensor
+            on x's device that the kernel reads (a schedule entry; its value is not checked).
         noise: ``sigma``; likewise.
-        seed, step: the RNG state of SPEC §4; ints or 1-element int64 tensors on x's device.
+        seed: the Philox key of SPEC §4: an int in ``[0, 2**64)`` (:func:`check_seed`; negative seeds
+            are refused), or a 1-element int64 tensor on x's device holding the key's 64 bits.
+        step: the RNG step index of SPEC §4: an int >= 0 (:func:`check_step`), or a 1-element int64
+            tensor on x's device.
         order: ``"ula"`` (``x' = clamp(x - eta g + sigma xi)``) or ``"noise_first"``
             (``x' = clamp(x - eta g) + sigma xi``, the released code's order).
         grad_clip: if given, ``g`` is clamped element-wise to ``[-grad_clip, grad_clip]``.
@@ -274,12 +357,11 @@ def langevin_step(x: Tensor, grads, energies, expr: Expr, *, step_size, noise, s
     if not energies.is_floating_point():
         raise TypeError(f"energies must be floating point, got {energies.dtype}")
     prepared = prepare_step(expr, device, order=order, grad_clip=grad_clip, clamp=clamp, backend=backend)
-    step_size = _scalar_arg("step_size", step_size, device, torch.float32, integer=False)
-    noise = _scalar_arg("noise", noise, device, torch.float32, integer=False)
-    seed = _scalar_arg("seed", seed, device, torch.int64, integer=True)
-    step = _scalar_arg("step", step, device, torch.int64, integer=True)
-    if isinstance(step, int) and step < 0:
-        raise ValueError(f"step must be >= 0, got {step}")
+    step_size = _scalar_arg("step_size", step_size, device, torch.float32,
+                            functools.partial(check_scale, "step_size"))
+    noise = _scalar_arg("noise", noise, device, torch.float32, functools.partial(check_scale, "noise"))
+    seed = _scalar_arg("seed", seed, device, torch.int64, check_seed)
+    step = _scalar_arg("step", step, device, torch.int64, check_step)
     if out is not None:
         if out.shape != x.shape or out.dtype != x.dtype or out.device != device:
             raise ValueError(

@@ -9,6 +9,12 @@ images) or in a floating dtype, with optional labels (the conditions the states 
 Drawing never synchronises with the host: the fill level is a host integer that only :meth:`add`
 changes (adding is host-driven anyway), and the draw itself -- indices, the buffer/noise choice per
 row, the noise -- is device work.
+
+Class-conditional draws (``sample(n, labels=y, conditional=True)``) take each buffer row from the
+slots whose stored label equals that row's asked label, as JEM's buffer draws row ``i`` from the slice
+of class ``y_i``: a uniform choice among the matching slots (the largest of uniform keys over the
+``n x len(buffer)`` match mask, still without a host sync); a row whose label no slot holds is fresh.
+States added without labels to a labelled buffer are *unlabelled*: conditional draws never pick them.
 """
 
 from __future__ import annotations
@@ -88,6 +94,8 @@ class ReplayBuffer:
         self.label_shape = None if label_shape is None else tuple(int(s) for s in label_shape)
         self.labels = (None if label_shape is None else
                        torch.zeros((self.capacity, *self.label_shape), dtype=label_dtype, device=device))
+        # which slots hold a label (a labelled buffer may be given states without labels)
+        self.labelled = None if label_shape is None else torch.zeros(self.capacity, dtype=torch.bool, device=device)
         self._size = 0  # filled slots (host-side: only add() changes it)
         self._next = 0  # the ring's write position
 
@@ -143,10 +151,12 @@ class ReplayBuffer:
     def add(self, x: Tensor, labels: Tensor | None = None) -> None:
         """Append states ``x`` ``[n, *shape]`` (and their labels) to the ring, overwriting the oldest.
 
-        When ``n`` exceeds the capacity only the last ``capacity`` rows are kept.
+        When ``n`` exceeds the capacity only the last ``capacity`` rows are kept. On a labelled buffer
+        ``labels`` may be left out: those slots are then unlabelled (their label reads as zeros, and
+        conditional draws skip them).
         """
         x = self._check_states("x", x)
-        labels = self._check_labels(labels, x.shape[0], required=True)
+        labels = self._check_labels(labels, x.shape[0], required=False)
         n = x.shape[0]
         if n == 0:
             return
@@ -156,8 +166,9 @@ class ReplayBuffer:
             n = self.capacity
         idx = (torch.arange(n, device=self.device) + self._next) % self.capacity
         self.data.index_copy_(0, idx, self._encode(x))
-        if labels is not None:
-            self.labels.index_copy_(0, idx, labels)
+        if self.labels is not None:
+            self.labels.index_copy_(0, idx, labels if labels is not None else torch.zeros_like(self.labels[:n]))
+            self.labelled.index_fill_(0, idx, labels is not None)
         self._next = (self._next + n) % self.capacity
         self._size = min(self._size + n, self.capacity)
 
@@ -167,6 +178,7 @@ class ReplayBuffer:
         This is the persistent-chain update of JEM-style training (every row goes back where it was
         drawn from). Slots beyond the current fill level count as filled afterwards only through
         :meth:`add`; pass indices below ``len(self)``. Duplicate indices: one of the rows wins.
+        Without ``labels`` a slot keeps the label it had.
         """
         x = self._check_states("x", x)
         if not isinstance(index, Tensor) or index.dim() != 1 or index.shape[0] != x.shape[0]:
@@ -177,10 +189,12 @@ class ReplayBuffer:
         self.data.index_copy_(0, index, self._encode(x))
         if labels is not None:
             self.labels.index_copy_(0, index, labels)
+            self.labelled.index_fill_(0, index, True)
 
     # ---- drawing ------------------------------------------------------------------------------
     def sample(self, n: int, p: float = 0.95, *, init: Tensor | Callable[[int], Tensor] | None = None,
-               labels: Tensor | None = None, generator: torch.Generator | None = None) -> ReplaySample:
+               labels: Tensor | None = None, conditional: bool = False,
+               generator: torch.Generator | None = None) -> ReplaySample:
         """Draw ``n`` starting states: each row from the buffer with probability ``p``, else fresh.
 
         Args:
@@ -189,6 +203,9 @@ class ReplayBuffer:
             init: fresh states: a tensor ``[n, *shape]`` (rows taken where fresh), a callable
                 ``n -> [n, *shape]``, or None for uniform noise in ``value_range``.
             labels: ``[n, *label_shape]`` labels for the fresh rows (e.g. the data batch's).
+            conditional: draw row ``i`` from the slots whose stored label equals ``labels[i]`` (needs
+                ``labels``): every returned label is then the asked one. A row whose label no filled
+                slot holds is fresh.
             generator: a ``torch.Generator`` on the buffer's device (default: torch's default one,
                 so ``torch.manual_seed`` makes draws repeatable).
 
@@ -201,12 +218,23 @@ class ReplayBuffer:
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"p must be a probability in [0, 1], got {p}")
         labels = self._check_labels(labels, n, required=False)
+        if not isinstance(conditional, bool):
+            raise TypeError(f"conditional must be True or False, got {type(conditional).__name__}")
+        if conditional and labels is None:
+            raise ValueError("conditional=True draws each row from the slots of its label: pass labels "
+                             f"of shape ({n}, *{self.label_shape})" if self.labels is not None else
+                             "conditional=True needs a buffer with labels (label_shape=...)")
         dev, size = self.device, self._size
-        index = torch.randint(0, max(size, 1), (n,), device=dev, generator=generator)
+        if conditional:
+            index, matched = self._matching_slots(labels, generator)
+        else:
+            index = torch.randint(0, max(size, 1), (n,), device=dev, generator=generator)
         if size == 0:
             from_buffer = torch.zeros(n, dtype=torch.bool, device=dev)
         else:
             from_buffer = torch.rand(n, device=dev, generator=generator) < p
+            if conditional:
+                from_buffer &= matched
         fresh = self._fresh(n, init, generator)
         stored = self._decode(self.data.index_select(0, index))
         mask = from_buffer.view(n, *([1] * len(self.shape)))
@@ -218,6 +246,19 @@ class ReplayBuffer:
                 lmask = from_buffer.view(n, *([1] * len(self.label_shape)))
                 out_labels = torch.where(lmask, out_labels, labels)
         return ReplaySample(x, out_labels, index, from_buffer)
+
+    def _matching_slots(self, labels: Tensor, generator) -> tuple[Tensor, Tensor]:
+        """Per row, a uniformly drawn filled, labelled slot whose label equals the row's (int64 ``[n]``),
+        and whether any slot matched (bool ``[n]``)."""
+        n, size = labels.shape[0], self._size
+        if size == 0:
+            return torch.zeros(n, dtype=torch.int64, device=self.device), torch.zeros(n, dtype=torch.bool,
+                                                                                      device=self.device)
+        stored = self.labels[:size].reshape(1, size, -1)
+        match = (stored == labels.reshape(n, 1, -1)).all(dim=2) & self.labelled[:size].unsqueeze(0)
+        keys = torch.rand((n, size), device=self.device, generator=generator)
+        keys = torch.where(match, keys, torch.full_like(keys, -1.0))
+        return keys.argmax(dim=1), match.any(dim=1)
 
     def _fresh(self, n: int, init, generator) -> Tensor:
         if init is None:
@@ -233,7 +274,8 @@ class ReplayBuffer:
     # ---- checkpoints --------------------------------------------------------------------------
     def state_dict(self) -> dict:
         """The buffer's contents and fill state (tensors stay on the device; ``torch.save`` handles them)."""
-        return {"data": self.data, "labels": self.labels, "size": self._size, "next": self._next,
+        return {"data": self.data, "labels": self.labels, "labelled": self.labelled, "size": self._size,
+                "next": self._next,
                 "capacity": self.capacity, "shape": self.shape, "dtype": str(self.dtype),
                 "value_range": self.value_range}
 
@@ -259,4 +301,9 @@ class ReplayBuffer:
         self.data.copy_(data)
         if self.labels is not None:
             self.labels.copy_(state["labels"])
+            labelled = state.get("labelled")  # states saved before unlabelled slots existed: all labelled
+            if labelled is None:
+                self.labelled.copy_(torch.arange(self.capacity, device=self.device) < size)
+            else:
+                self.labelled.copy_(labelled)
         self._size, self._next = size, nxt

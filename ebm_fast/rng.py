@@ -28,10 +28,12 @@ TWO_PI = 6.283185307179586
 
 
 def seed_to_int64(seed: int) -> int:
-    """A seed in ``[0, 2**64)`` (or a negative int64) as the int64 with the same 64 bits."""
+    """A seed in ``[0, 2**64)`` as the int64 with the same 64 bits (how an int64 tensor holds it: seeds
+    >= 2**63 become negative). Negative seeds are refused, so no two ints name the same key
+    (:func:`ebm_fast.ops.check_seed` is the rule user input goes through)."""
     seed = int(seed)
-    if not -(2**63) <= seed < 2**64:
-        raise ValueError(f"seed must fit in 64 bits, got {seed}")
+    if not 0 <= seed < 2**64:
+        raise ValueError(f"seed must be in [0, 2**64) (64 bits), got {seed}")
     return seed - 2**64 if seed >= 2**63 else seed
 
 

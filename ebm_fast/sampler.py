@@ -28,7 +28,6 @@ device), so a CUDA chain never waits on the host and its steps can be captured i
 
 from __future__ import annotations
 
-import math
 import numbers
 import warnings
 from dataclasses import dataclass, field
@@ -38,9 +37,11 @@ import torch
 from torch import Tensor
 
 from . import graphs, ops
-from .compose import Concept, Expr
+from .compose import Concept, Expr, Negated
 from .leaf_eval import LeafEvaluator, couples_samples, frozen_parameters, inspect_model
+from .autograd_tail import autograd_steps
 from .rng import draw_seed, normal_noise, seed_to_int64
+from .schedules import noise_from_scale, schedule_values
 
 __all__ = ["sample", "langevin", "SampleInfo", "Chain", "ON_NONFINITE"]
 
@@ -58,13 +59,15 @@ class SampleInfo:
         graph: ``"captured"`` (graphs captured in this call, then replayed), ``"replayed"`` (cached
             graphs), or ``"eager"`` / ``"eager: <why not graphed>"``.
         grouping: ``(leaf indices, "batched" | "per_leaf")`` per group of leaves sharing a model.
-        workers: threads that ran a step's model passes at once (1 on CUDA, when compiled, or with
-            a single pass per step).
+        workers: threads that ran a step's model passes at once (1 on CUDA, when compiled, with
+            a single pass per step, or when a model is stateful: :func:`ebm_fast.leaf_eval.stateful_parts`).
         reinitialized: chains re-initialised because their state became non-finite
             (``on_nonfinite="reinit"``).
         nonfinite_leaves: reprs of the leaves that met a non-finite energy or gradient.
         nonfinite_state: whether some state became non-finite.
         warnings: the warnings this call raised.
+        grad_norms: float32 ``[K, B]``, the L2 norm of each chain's composed (clipped) gradient at
+            update k (row k-1), with ``grad_norms=True``; else None.
     """
 
     seed: int
@@ -77,6 +80,7 @@ class SampleInfo:
     nonfinite_leaves: list = field(default_factory=list)
     nonfinite_state: bool = False
     warnings: list = field(default_factory=list)
+    grad_norms: Tensor | None = None
 
 
 # ---- argument checks --------------------------------------------------------------------------
@@ -104,12 +108,9 @@ def _schedule(name: str, v: Any, steps: int, device: torch.device) -> list[float
             vals = [float(t) for t in v]
         except (TypeError, ValueError):
             raise TypeError(f"{name} schedule must hold numbers, got {v!r}") from None
-    else:
-        raise TypeError(f"{name} must be a number or a schedule of {steps} numbers, got {type(v).__name__}")
-    bad = [t for t in vals if not (math.isfinite(t) and t >= 0.0)]
-    if bad:
-        raise ValueError(f"{name} must be finite and >= 0, got {bad[0]}")
-    return vals
+    else:  # a callable of the update index or a scheduler object (get_value/step), else TypeError
+        vals = schedule_values(name, v, steps)
+    return [ops.check_scale(name, t) for t in vals]  # the rule of ops.langevin_step
 
 
 def _by_step(eta, sigma, order: str, device: torch.device, host: bool):
@@ -165,6 +166,7 @@ class Chain:
         # host chains read the flag every step through a numpy view: 1 us against 5 us for flag.any()
         self._flag_host = self.flag.numpy() if device.type == "cpu" else None
         self.reinit_init: Callable[[int], Tensor] | None = None
+        self.on_grads: Callable[[Tensor, Tensor], None] | None = None  # diagnostics: sees (E, G) per step
         if device_scalars:
             self.win = torch.zeros(2, window, dtype=torch.float32, device=device)
             self.now = torch.zeros(2, 1, dtype=torch.float32, device=device)
@@ -206,6 +208,8 @@ class Chain:
         if self.device_scalars:
             torch.index_select(self.win, 1, self.win_idx, out=self.now)
             e, g = self.evaluator(self.x)
+            if self.on_grads is not None:
+                self.on_grads(e, g)
             self.stepper(self.flat, g.view(self.num_leaves, self.batch, -1), e, step_size=self.eta_now,
                          noise=self.sigma_now, seed=self.seed_t, step=self.step_now, out=self.flat,
                          energy_out=self.energy, flag=self.flag)
@@ -213,6 +217,8 @@ class Chain:
             return
         s = self.s
         e, g = self.evaluator(self.x)
+        if self.on_grads is not None:
+            self.on_grads(e, g)
         self.stepper(self.flat, g.view(self.num_leaves, self.batch, -1), e, step_size=self.sched[0][s],
                      noise=self.sched[1][s], seed=self.seed, step=s, out=self.flat, energy_out=self.energy,
                      flag=self.flag)
@@ -315,13 +321,16 @@ def _nonfinite_message(leaves: Sequence[Concept], bits: int, state: bool, first:
 
 
 # ---- public API --------------------------------------------------------------------------------
-def sample(expr: Expr, x0: Tensor, *, steps: int, step_size, noise, clamp: tuple[float, float] | None = (0.0, 1.0),
+def sample(expr: Expr, x0: Tensor, *, steps: int, step_size, noise=None,
+           clamp: tuple[float, float] | None = None,
            grad_clip: float | None = None, order: str = "noise_first", seed: int | None = None,
            backend: str = "auto", graph: bool | str = "auto", grouping: str = "auto",
            memory_format: str = "auto", compile: bool | dict = False, autocast: torch.dtype | None = None,
            workers: int | None = None, on_nonfinite: str = "raise", init: Callable[[int], Tensor] | None = None,
            return_energies: bool = False, trajectory: bool = False, every: int = 1, return_info: bool = False,
-           graph_steps: int = graphs.DEFAULT_GRAPH_STEPS):
+           graph_steps: int = graphs.DEFAULT_GRAPH_STEPS, method: str = "ula", temperature: float = 1.0,
+           leapfrog_steps: int | None = None, mass=None, adapt=None, differentiable: int = 0,
+           grad_norms: bool = False):
     """K steps of Langevin dynamics on a composed energy, from ``x0``.
 
     Args:
@@ -331,9 +340,14 @@ def sample(expr: Expr, x0: Tensor, *, steps: int, step_size, noise, clamp: tuple
             states are stepped in fp32).
         steps: K >= 0.
         step_size: ``eta``: a number, or a schedule of K numbers (sequence or 1-D tensor; entry i is
-            used by the i-th update, ``i = 0..K-1``).
-        noise: ``sigma``: likewise (the released code anneals it).
-        clamp: ``(lo, hi)`` applied by every step (default ``(0, 1)``, images), or None.
+            used by the i-th update, ``i = 0..K-1``), a callable ``i -> eta_i``, or a scheduler object
+            with ``get_value()`` / ``step()`` such as TorchEBM's (:mod:`ebm_fast.schedules`).
+        noise: ``sigma``, the standard deviation of the noise added per update: likewise (the
+            released code anneals it). TorchEBM's ``noise_scale`` is ``sigma / sqrt(2 eta)``
+            (``ebm_fast.langevin(..., noise_scale=)`` converts).
+        clamp: ``(lo, hi)`` applied by every step, or None (default: no clamp, as :func:`langevin`).
+            The released image code clamps to ``(0, 1)``: pass ``clamp=(0.0, 1.0)``; JEM-style
+            ``[-1, 1]`` images pass ``(-1.0, 1.0)`` or nothing. docs/conventions.md has the table.
         grad_clip: element-wise clip of the composed gradient, or None.
         order: ``"noise_first"`` (default: the released code's loop, reproduced exactly; see the
             module docstring) or ``"ula"``.
@@ -355,6 +369,8 @@ def sample(expr: Expr, x0: Tensor, *, steps: int, step_size, noise, clamp: tuple
             run at once in threads: None (default) uses ``torch.get_num_threads()``, capped at the
             number of passes; 1 runs them one after another (:mod:`ebm_fast.leaf_eval`). The
             numbers do not depend on it beyond floating-point reassociation of ensemble gradients.
+            A model with BatchNorm, spectral norm or dropout in training mode changes state on every
+            forward: its passes always run one after another, in a fixed order.
         on_nonfinite: ``"raise"`` (default): ``FloatingPointError`` naming the leaf and the steps;
             ``"reinit"``: chains whose state became non-finite restart from ``init`` (checked every
             step on the CPU, every ``graph_steps`` steps on a GPU) and are counted in the info.
@@ -367,11 +383,40 @@ def sample(expr: Expr, x0: Tensor, *, steps: int, step_size, noise, clamp: tuple
         every: the trajectory's stride.
         return_info: also return a :class:`SampleInfo`.
         graph_steps: ``S``, the steps per captured graph (and per non-finite check on a GPU).
+        method: ``"ula"`` (default: the unadjusted Langevin chain described here), ``"mala"`` or
+            ``"hmc"``: exact samplers of ``exp(-e/temperature)`` with a per-chain Metropolis accept
+            (:func:`ebm_fast.mcmc.sample`; docs/mcmc.md). They take no ``noise`` (it follows from
+            the step size), no ``clamp`` (pass ``clamp=None``: clamping breaks detailed balance), no
+            ``grad_clip``, ``trajectory``, ``init`` or ``on_nonfinite="reinit"``; ``order`` is ignored.
+        temperature, leapfrog_steps, mass, adapt: options of ``"mala"`` / ``"hmc"``
+            (:func:`ebm_fast.mcmc.sample`).
+        differentiable: ``n`` >= 0: the last ``n`` updates run in torch autograd with
+            ``create_graph=True`` on the models as the caller left them, so the returned ``x`` carries
+            a graph to the parameters (improved CD's KL term backpropagates through the final step;
+            :mod:`ebm_fast.autograd_tail`). Same chain, same noise. Not with ``return_energies``,
+            ``trajectory`` or ``grad_norms``.
+        grad_norms: record the L2 norm of each chain's composed (clipped) gradient at every update in
+            ``info.grad_norms`` ``[K, B]`` (needs ``return_info=True``; runs eagerly).
 
     Returns:
         ``x`` (x0's shape, dtype and device), or a tuple ``(x, energies?, trajectory?, info?)`` with
         the requested extras in that order.
     """
+    if method != "ula" and (differentiable or grad_norms):
+        raise ValueError("differentiable and grad_norms are options of the unadjusted method='ula'")
+    if method != "ula":
+        from . import mcmc
+
+        mcmc.refuse_ula_options(method, noise=noise, clamp=clamp, grad_clip=grad_clip, trajectory=trajectory,
+                                init=init, on_nonfinite=on_nonfinite)
+        return mcmc.sample(expr, x0, method=method, steps=steps, step_size=step_size, temperature=temperature,
+                           leapfrog_steps=leapfrog_steps, mass=mass, adapt=adapt, seed=seed, backend=backend,
+                           graph=graph, grouping=grouping, memory_format=memory_format, compile=compile,
+                           autocast=autocast, workers=workers, return_energies=return_energies,
+                           return_info=return_info, graph_steps=graph_steps)
+    if temperature != 1.0 or leapfrog_steps is not None or mass is not None or adapt is not None:
+        raise ValueError("temperature, leapfrog_steps, mass and adapt are options of method='mala' / 'hmc', not of "
+                         "the unadjusted method='ula'")
     if not isinstance(expr, Expr):
         raise TypeError(f"expr must be an ebm_fast expression (Concept, And, Or, Not, Scale), got "
                         f"{type(expr).__name__}")
@@ -398,12 +443,29 @@ def sample(expr: Expr, x0: Tensor, *, steps: int, step_size, noise, clamp: tuple
     stepper = ops.prepare_step(expr, device, order=order, grad_clip=grad_clip, clamp=clamp, backend=backend)
     if seed is None:
         seed = draw_seed()
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
-    seed = int(seed)
-    seed_to_int64(seed)  # range check: 64 bits
+    seed = ops.check_seed(seed)  # the rule of ops.langevin_step: an int in [0, 2**64)
     eta = _schedule("step_size", step_size, steps, device)
     sigma = _schedule("noise", noise, steps, device)
+    if grad_norms and not return_info:
+        raise ValueError("grad_norms=True records into the info: pass return_info=True too")
+    tail = _check_int("differentiable", differentiable, 0)
+    if tail:
+        if tail > steps:
+            raise ValueError(f"differentiable must be <= steps ({steps}), got {tail}")
+        if return_energies or trajectory or grad_norms:
+            raise ValueError("differentiable=n runs its last n updates in autograd, which records no "
+                             "energies, trajectory or grad_norms")
+        head = steps - tail
+        x, info = sample(expr, x0, steps=head, step_size=eta[:head], noise=sigma[:head], clamp=clamp,
+                         grad_clip=grad_clip, order=order, seed=seed, backend=backend, graph=graph,
+                         grouping=grouping, memory_format=memory_format, compile=compile, autocast=autocast,
+                         workers=workers, on_nonfinite=on_nonfinite, init=init, return_info=True,
+                         graph_steps=graph_steps)
+        rest = [v[head:].tolist() if isinstance(v, Tensor) else v[head:] for v in (eta, sigma)]
+        x = autograd_steps(expr, x, first=head, step_size=rest[0], noise=rest[1], order=order, seed=seed,
+                           clamp=clamp, grad_clip=grad_clip, model_dtype=x0.dtype).to(x0.dtype)
+        info.steps = steps
+        return (x, info) if return_info else x
     leaves = expr.leaves()
     batch = x0.shape[0]
     state_dtype = torch.float32 if x0.dtype == torch.float64 else x0.dtype
@@ -433,8 +495,8 @@ def sample(expr: Expr, x0: Tensor, *, steps: int, step_size, noise, clamp: tuple
                              window=window, order=order)
 
             chain, replays = None, None
-            use_graph, why = _graph_plan(graph, device, steps, energies is not None or traj is not None,
-                                         modules, parts)
+            use_graph, why = _graph_plan(graph, device, steps,
+                                         energies is not None or traj is not None or grad_norms, modules, parts)
             host = device.type == "cpu" and not use_graph  # scalars on the host only for CPU eager chains
             sched = _by_step(eta, sigma, order, device, host=host)
             if use_graph:
@@ -453,6 +515,8 @@ def sample(expr: Expr, x0: Tensor, *, steps: int, step_size, noise, clamp: tuple
                 chain.load(x0.detach(), seed, sched)
             if reinit:
                 chain.reinit_init = _init_fn(init, clamp, x0.shape[1:], state_dtype, device, seed)
+            if grad_norms:
+                info.grad_norms = _record_grad_norms(chain, expr.program, grad_clip, steps)
             result = _run(chain, leaves, steps, seed, every, replays, reinit, energies, traj, info)
             if replays is not None:
                 result = result.clone()  # the static buffer belongs to the cached graph
@@ -497,18 +561,32 @@ def _run(chain: Chain, leaves, steps: int, seed: int, every: int, replays, reini
     return chain.x
 
 
-def langevin(energy_fn: Callable[[Tensor], Tensor], x0: Tensor, *, steps: int, step_size, noise,
-             clamp: tuple[float, float] | None = None, order: str = "noise_first", **options):
+def langevin(energy_fn: Callable[[Tensor], Tensor], x0: Tensor, *, steps: int, step_size, noise=None,
+             clamp: tuple[float, float] | None = None, order: str = "noise_first", ascent: bool = False,
+             noise_scale=None, **options):
     """Langevin dynamics on any energy callable: the one-call replacement of a research sampling loop.
+
+    The chain descends ``energy_fn``: ``x <- x - step_size * grad energy_fn(x) + noise * xi``. Code that
+    climbs a score or log-density instead (JEM's ``sample_q``, short_run: ``x += lr * grad f(x) +
+    std * randn``) passes ``f`` with ``ascent=True``. docs/conventions.md maps the public research
+    loops to their one-call replacements.
 
     Args:
         energy_fn: ``x [B, ...] -> energies`` of shape ``(B,)``, ``(B, 1)`` or ``(B, k)`` (summed over
-            the trailing dimensions), differentiable in ``x``: a model, ``lambda x: model(x, c)``, an
-            analytic energy.
-        x0, steps, step_size, noise: as for :func:`sample`.
-        clamp: ``(lo, hi)`` or None (default None: no clamp; the released image code uses ``(0, 1)``).
+            the trailing dimensions; ``()`` at B = 1), differentiable in ``x``: a model,
+            ``lambda x: model(x, c)``, an analytic energy.
+        x0, steps, step_size: as for :func:`sample`.
+        noise: ``sigma``, the standard deviation of the noise added per update, as for :func:`sample`.
+        noise_scale: instead of ``noise``: TorchEBM's convention, whose update adds
+            ``noise_scale * sqrt(2 * step_size) * randn`` (a number, a schedule, a callable or a
+            scheduler object, like ``step_size``; :func:`ebm_fast.schedules.noise_from_scale`).
+        clamp: ``(lo, hi)`` or None (default None: no clamp, the same default as :func:`sample`; the
+            released image code passes ``(0, 1)``).
         order: ``"noise_first"`` (default, the released code's loop) or ``"ula"``.
-        **options: any other option of :func:`sample` (``seed``, ``grad_clip``, ``backend``, ``graph``,
+        ascent: ``energy_fn`` returns a quantity to climb (a log-density, JEM's ``logsumexp`` of the
+            logits): the chain runs on the energy ``-energy_fn(x)``.
+        **options: any other option of :func:`sample` (``method="mala"`` / ``"hmc"`` with
+            ``temperature``, ``leapfrog_steps``, ``mass``, ``adapt``; ``seed``, ``grad_clip``, ``backend``, ``graph``,
             ``return_energies``, ``trajectory``, ``every``, ``return_info``, ...).
 
     Returns:
@@ -516,8 +594,15 @@ def langevin(energy_fn: Callable[[Tensor], Tensor], x0: Tensor, *, steps: int, s
     """
     if not callable(energy_fn):
         raise TypeError(f"energy_fn must be callable x -> energies, got {type(energy_fn).__name__}")
-    return sample(Concept(energy_fn), x0, steps=steps, step_size=step_size, noise=noise, clamp=clamp,
-                  order=order, **options)
+    if not isinstance(ascent, bool):
+        raise TypeError(f"ascent must be True or False, got {type(ascent).__name__}")
+    if noise_scale is not None:
+        if noise is not None:
+            raise ValueError("pass noise (the noise's standard deviation) or noise_scale (TorchEBM's: "
+                             "noise = noise_scale * sqrt(2 * step_size)), not both")
+        noise = noise_from_scale(noise_scale, step_size, _check_int("steps", steps, 0))
+    return sample(Concept(Negated(energy_fn) if ascent else energy_fn), x0, steps=steps, step_size=step_size,
+                  noise=noise, clamp=clamp, order=order, **options)
 
 
 # ---- helpers of sample() -------------------------------------------------------------------------
@@ -530,7 +615,7 @@ def _graph_plan(graph, device: torch.device, steps: int, diagnostics: bool, modu
     if why_not:
         impossible.append(why_not)
     if diagnostics:
-        impossible.append("return_energies/trajectory record every step, which runs eagerly")
+        impossible.append("return_energies/trajectory/grad_norms record every step, which runs eagerly")
     if any(couples_samples(m) for m in modules):
         impossible.append("a model has BatchNorm in training mode: the capture's warm-up steps would "
                           "update its running statistics")
@@ -554,7 +639,7 @@ def _graph_key(expr: Expr, leaves, parts, modules, x0: Tensor, options: tuple) -
     first_use: dict[int, int] = {}
     model_pattern = tuple(first_use.setdefault(id(leaf.model), i) for i, leaf in enumerate(leaves))
     conds = tuple((None if leaf.cond is None else (tuple(leaf.cond.shape), str(leaf.cond.dtype)),
-                   leaf.per_sample) for leaf in leaves)
+                   leaf.per_sample, leaf.column) for leaf in leaves)
     return ("chain", tuple(expr.program.table.flatten().tolist()), model_pattern, conds,
             tuple(p.fingerprint for p in parts), tuple(graphs.module_state(m) for m in modules),
             tuple(x0.shape), str(x0.dtype), str(x0.device), options)
@@ -595,6 +680,23 @@ def _graphed_chain(key: tuple, new_chain: Callable[[bool], Chain], leaves, x0: T
     graphs.CACHE.put(key, entry)
     chain.load(x0.detach(), seed, sched)  # the warm-up steps moved the state
     return chain, entry.replays, "captured"
+
+
+def _record_grad_norms(chain: Chain, program, grad_clip: float | None, steps: int) -> Tensor:
+    """``[K, B]`` float32, filled by ``chain`` as it steps: row k-1 holds the norms at update k."""
+    out = torch.zeros(steps, chain.batch, dtype=torch.float32, device=chain.x.device)
+    row = [0]
+
+    def on_grads(e: Tensor, g: Tensor) -> None:
+        w, _ = program.weights_and_energy(e.float())
+        comp = (w.unsqueeze(2) * g.reshape(chain.num_leaves, chain.batch, -1).float()).sum(0)
+        if grad_clip is not None:
+            comp = comp.clamp(-grad_clip, grad_clip)
+        out[row[0]].copy_(comp.norm(dim=1))
+        row[0] += 1
+
+    chain.on_grads = on_grads
+    return out
 
 
 def _init_fn(init, clamp, sample_shape, dtype: torch.dtype, device: torch.device, seed: int):

@@ -11,7 +11,8 @@ Every backend implements the same launcher signature on validated, flattened ten
     energies   [N, B]     float32, contiguous
     table      [M, 5]     float32 program table on x's device (ebm_fast.program)
     step_size, noise      Python float, or a 0-dim float32 tensor on x's device (a schedule entry)
-    seed, step            Python int, or a 0-dim int64 tensor on x's device
+    seed, step            Python int (seed in [0, 2**64), step >= 0), or a 0-dim int64 tensor on
+                          x's device (a seed tensor holds the key's 64 bits)
     order                 0 = "ula", 1 = "noise_first"
     grad_clip             None or c > 0: g = clamp(g, -c, c) element-wise
     clamp                 None or (lo, hi)

@@ -56,10 +56,11 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ..program import COLUMNS, LEAF, MAX_LEAVES, MAX_NODES, SUM
+from ..step_reference import ORDERS
+
 __all__ = ["langevin_step_triton", "compile_ahead", "launch_config", "MAX_LEAVES", "MAX_NODES"]
 
-MAX_LEAVES = 32  # flag[0] is an int32 bitmask, one bit per leaf
-MAX_NODES = 64
 # Registers: a program keeps NP * BLOCK_B * BLOCK_D elements of G (at most _G_ELEMS = 8192, 64 fp32
 # registers a thread at 4 warps) and BLOCK_B * BLOCK_D of x (at most _MAX_TILE); the program tiles
 # [BLOCK_B, MP] and the leaf-weight gather [NP, BLOCK_B, MP] stay at most _PROGRAM_ELEMS elements.
@@ -74,9 +75,12 @@ _MIN_TILE = 256
 _PROGRAM_ELEMS = 512
 _NUM_WARPS = 4
 
-# program.LEAF and program.SUM (LSE is the remaining kind); globals a kernel reads must be constexpr
-_LEAF = tl.constexpr(0)
-_SUM = tl.constexpr(1)
+# The table's layout and the order codes come from ebm_fast.program / step_reference, the same values
+# the C++ kernels are checked against when ebm_fast._C loads; a kernel reads globals only as constexpr.
+_LEAF = tl.constexpr(LEAF)  # LSE is the remaining kind
+_SUM = tl.constexpr(SUM)
+_COLS = tl.constexpr(COLUMNS)
+_ULA = tl.constexpr(ORDERS["ula"])
 
 
 def _next_pow2(n: int) -> int:
@@ -150,9 +154,9 @@ def _langevin_step_kernel(
     # ---- the program: its columns as [MP] vectors (row k of the table is node k) ----
     nodes = tl.arange(0, MP)
     nmask = nodes < M
-    leaf_col = tl.load(table_ptr + nodes * 5 + 1, mask=nmask, other=-1.0).to(tl.int32)
-    parent_col = tl.load(table_ptr + nodes * 5 + 2, mask=nmask, other=-1.0).to(tl.int32)
-    edge_col = tl.load(table_ptr + nodes * 5 + 3, mask=nmask, other=0.0)
+    leaf_col = tl.load(table_ptr + nodes * _COLS + 1, mask=nmask, other=-1.0).to(tl.int32)
+    parent_col = tl.load(table_ptr + nodes * _COLS + 2, mask=nmask, other=-1.0).to(tl.int32)
+    edge_col = tl.load(table_ptr + nodes * _COLS + 3, mask=nmask, other=0.0)
     is_leaf = leaf_col >= 0
     # node energies [BLOCK_B, MP], the leaves' gathered from E (each leaf occurs once in the tree)
     e_leaves = tl.load(e_ptr + leaf_col[None, :] * B + offs_b[:, None], mask=bmask[:, None] & is_leaf[None, :],
@@ -163,13 +167,13 @@ def _langevin_step_kernel(
     # either way). M is a constexpr because Triton's interpreter (numpy 2.4) cannot run a loop bounded
     # by a runtime argument.
     for k in tl.range(0, M):
-        kind = tl.load(table_ptr + k * 5).to(tl.int32)
+        kind = tl.load(table_ptr + k * _COLS).to(tl.int32)
         if kind != _LEAF:
             child = (parent_col == k)[None, :]
             if kind == _SUM:  # e = sum_j c_j e_j
                 e_k = tl.sum(tl.where(child, ev, 0.0) * edge_col[None, :], axis=1)
             else:  # e = -T log sum_j exp(z_j), z_j = -e_j / T + b_j, shifted by the largest z_j
-                temp = tl.load(table_ptr + k * 5 + 4)
+                temp = tl.load(table_ptr + k * _COLS + 4)
                 z = tl.where(child, -ev / temp + edge_col[None, :], float("-inf"))
                 mx = tl.max(z, axis=1)
                 # the largest term is exp(0) = 1 exactly, as in the reference's running form
@@ -181,7 +185,7 @@ def _langevin_step_kernel(
     adj = tl.where((nodes == M - 1)[None, :], 1.0, tl.zeros([BLOCK_B, MP], dtype=tl.float32))
     for i in tl.range(0, M):
         r = M - 1 - i
-        kind = tl.load(table_ptr + r * 5).to(tl.int32)
+        kind = tl.load(table_ptr + r * _COLS).to(tl.int32)
         if kind != _LEAF:
             at_r = (nodes == r)[None, :]
             child = (parent_col == r)[None, :]
@@ -189,7 +193,7 @@ def _langevin_step_kernel(
             if kind == _SUM:  # d e / d e_j = c_j
                 d = tl.zeros([BLOCK_B, MP], dtype=tl.float32) + edge_col[None, :]
             else:  # the softmax weight exp((e - e_j) / T + b_j)
-                temp = tl.load(table_ptr + r * 5 + 4)
+                temp = tl.load(table_ptr + r * _COLS + 4)
                 e_r = tl.sum(tl.where(at_r, ev, 0.0), axis=1)
                 d = tl.exp((e_r[:, None] - tl.where(child, ev, e_r[:, None])) / temp + edge_col[None, :])
             adj = tl.where(child, adj_r[:, None] * d, adj)
@@ -227,7 +231,7 @@ def _langevin_step_kernel(
             lane = j % 4
             xi = tl.where(lane == 0, n0, tl.where(lane == 1, n1, tl.where(lane == 2, n2, n3)))
         kick = _load_scalar(noise, NOISE_PTR) * xi
-        if ORDER == 0:  # ula
+        if ORDER == _ULA:
             new = moved + kick
             if HAS_CLAMP:
                 new = tl.clamp(new, lo, hi, propagate_nan=tl.PropagateNan.ALL)

@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# One call on a lent CUDA machine: build and install the package (`pip install --no-build-isolation .`),
+# One run on a CUDA machine: build and install the package (`pip install --no-build-isolation .`),
 # run the CUDA tests, then the GPU benchmarks, writing logs and pytest-benchmark JSON under $OUT.
 #
 #   OUT=/tmp/gpu bash scripts/gpu_session.sh [build] [editable] [tests] [bench] [sanitize] [suite] [demo]
 #   (default: all but editable, which build includes, and demo; editable alone skips the wheel install;
 #   demo runs the main job, `ebm-fast demo`, on the GPU and keeps its report and grids in $OUT/demo)
 #
-# Every stage runs under its own time limit and the script goes on after a failing stage, so one call
+# Every stage runs under its own time limit and the script goes on after a failing stage, so one run
 # returns as much as it can. The installed extension is also copied next to the in-tree package, so the
 # tests and benchmarks, run from the repository root, import an editable build of the same tree.
-# Stage logs go to $OUT/logs.tgz (the last lines of each also into $OUT/session.log).
+# Stage logs go to $OUT/logs.tgz (the last lines of each also into $OUT/summary.log).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_out}
@@ -17,7 +17,7 @@ mkdir -p "$OUT"
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}
 STAGES=${*:-build tests bench sanitize suite}
-LOG="$OUT/session.log"
+LOG="$OUT/summary.log"
 LOGS=$(mktemp -d)/gpu_logs; mkdir -p "$LOGS"
 say() { echo "=== $(date -u +%H:%M:%S) $*" | tee -a "$LOG"; }
 run() {  # run LIMIT_S NAME CMD...: one stage, its output into $LOGS/NAME.log, its tail into the summary log
@@ -63,7 +63,7 @@ if has bench; then
 fi
 if has sanitize; then
   run 120 sanitize compute-sanitizer --tool memcheck --error-exitcode 3 $PY -m pytest -p no:cacheprovider -q \
-    tests/test_langevin_step_cuda.py -k "cuda and (images_strided or small_dimension or large_programs)"
+    tests/test_langevin_step.py -k "cuda and (images_strided or small_dimension or large_programs)"
 fi
 if has suite; then
   run 300 suite $PY -m pytest -m "not slow" tests/ -p no:cacheprovider -q -rf  # ~3.5-4 min there

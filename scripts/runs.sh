@@ -1,5 +1,5 @@
 # The named training runs behind the shipped concepts and the paper's tables. Sourced by
-# scripts/train_concepts.sh (CPU, background) and scripts/gpu_train.sh (a lent GPU); needs PY and
+# scripts/train_concepts.sh (CPU, background) and scripts/gpu_train.sh (a GPU machine); needs PY and
 # EBM_FAST_CACHE set. `run_spec NAME` sets DATA (data flags), RUN_OUT (run folder), ATTR (recipe
 # attribute) and RES (the recipe's resolution: 32, or 64 for the *64 runs meant for a GPU);
 # `recipe ATTR [RES]` prints the recipe's flags; `stage1_init RUN_OUT` prints --init-from for the
@@ -7,7 +7,7 @@
 
 RUN_NAMES="position color shape size table3 continual-position continual-shape continual-color position64 color64 shape64"
 
-recipe() { $PY -c 'import sys; from ebm_fast.concepts import recipe_flags; print(recipe_flags(sys.argv[1], int(sys.argv[2])))' "$1" "${2:-32}"; }
+recipe() { $PY -c 'import sys; from ebm_fast.paper.concepts import recipe_flags; print(recipe_flags(sys.argv[1], int(sys.argv[2])))' "$1" "${2:-32}"; }
 
 need() {  # a frozen concept an earlier stage must have finished
   [ -f "$1" ] || { echo "$2 needs $1 (finish that run first)" >&2; return 2; }

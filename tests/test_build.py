@@ -1,8 +1,8 @@
-"""The compiled extension ``ebm_fast._C`` and its build: version, CUDA flag, clean nvcc compile, imports
-without a GPU, argument checks, and (slow) a wheel that imports where no compiler is on PATH.
+"""The compiled extension ``ebm_fast._C`` and its build: version and constants against the Python side,
+CUDA flag, clean nvcc compile, imports without a GPU, argument checks, and (slow) a wheel that imports
+where no compiler is on PATH.
 
-The step's numbers are tested elsewhere: the CPU kernel against the float64 oracle in
-``test_langevin_step.py``, the CUDA kernel against the torch backend in ``test_langevin_step_cuda.py``.
+The step's numbers are tested in ``test_langevin_step.py`` (every backend against the float64 oracle).
 """
 
 from __future__ import annotations
@@ -92,13 +92,40 @@ def test_extension_needs_no_cuda_library_at_load_time(ext):
     assert "libtorch" not in deps and "libc10" not in deps, deps    # one wheel for every torch
 
 
+def test_constants_match_the_python_side(ext):
+    from ebm_fast import _native, program
+    from ebm_fast.kernels import langevin_step as triton_step
+    from ebm_fast.step_reference import ORDERS
+
+    for name, want in _native.expected_constants().items():
+        assert getattr(ext, name) == want, name
+    assert (ext.MAX_NODES, ext.MAX_LEAVES) == (program.MAX_NODES, program.MAX_LEAVES)
+    assert (triton_step.MAX_NODES, triton_step.MAX_LEAVES) == (ext.MAX_NODES, ext.MAX_LEAVES)
+    assert (triton_step._COLS, triton_step._LEAF, triton_step._SUM) == (ext.TABLE_COLUMNS, ext.NODE_LEAF,
+                                                                        ext.NODE_SUM)
+    assert triton_step._ULA == ext.ORDER_ULA == ORDERS["ula"]
+
+
+def test_a_constant_mismatch_names_the_constant_and_both_values(ext):
+    from types import SimpleNamespace
+
+    from ebm_fast import _native
+
+    fake = SimpleNamespace(**{name: getattr(ext, name) for name in _native.expected_constants()})
+    _native.check_constants(fake)
+    fake.MAX_LEAVES = 16
+    with pytest.raises(RuntimeError, match=r"MAX_LEAVES is 16 in the extension and 32 in Python .*pip install"):
+        _native.check_constants(fake)
+
+
 def test_imports_without_a_gpu_and_the_cuda_entry_point_raises(ext):
     code = (
-        "import ebm_fast._C as C\n"
-        "args = [8, 8, 0, 1, 4, 4, 4, 8, 4, 4, 8, 8, 1, 1, 0, 0.1, 0, 0.0, 0, 1, 0, 0, 0, False, 0.0,"
-        " False, 0.0, 0.0, 8, 8, 0]\n"
+        "import torch, ebm_fast._C as C\n"
+        "x = torch.rand(1, 4); a = C.StepArgs()\n"
+        "a.x = a.out = a.g = a.e = a.table = a.energy_out = a.flag = x.data_ptr()\n"
+        "a.B, a.D, a.x_stride, a.out_stride, a.g_stride_n, a.g_stride_b, a.M, a.N = 1, 4, 4, 4, 4, 4, 1, 1\n"
         "try:\n"
-        "    C.langevin_step_cuda(*args)\n"
+        "    C.langevin_step_cuda(a, 0)\n"
         "except RuntimeError as exc:\n"
         "    print('raised', exc)\n"
         "print('has_cuda', C.has_cuda)\n"
@@ -111,17 +138,18 @@ def test_imports_without_a_gpu_and_the_cuda_entry_point_raises(ext):
 
 
 @pytest.mark.parametrize(
-    "index, value, words",
+    "field, value, words",
     [
-        (2, 7, "dtype_code"),       # dtype code
-        (12, 0, "M (table rows)"),  # M
-        (12, 65, "M (table rows)"),
-        (13, 33, "N (leaves)"),     # N
-        (22, 2, "order"),           # order
-        (5, 3, "row strides"),      # x_stride < D with B > 1
+        ("dtype", 7, "dtype must be"),
+        ("M", 0, "M (table rows) must be in [1, 64]"),
+        ("M", 65, "M (table rows) must be in [1, 64]"),
+        ("N", 33, "N (leaves) must be in [1, 32]"),
+        ("order", 2, "order must be"),
+        ("x_stride", 3, "row strides"),  # x_stride < D with B > 1
+        ("flag", 0, "must be non-null"),
     ],
 )
-def test_bad_arguments_raise_value_error_naming_them(ext, index, value, words):
+def test_bad_arguments_raise_value_error_naming_them(ext, field, value, words):
     x = torch.rand(2, 4)
     out = torch.empty_like(x)
     grads = torch.rand(1, 2, 4)
@@ -129,14 +157,18 @@ def test_bad_arguments_raise_value_error_naming_them(ext, index, value, words):
     table = torch.tensor([[0.0, 0.0, -1.0, 0.0, 1.0]])
     energy = torch.empty(2)
     flag = torch.zeros(2, dtype=torch.int32)
-    args = [x.data_ptr(), out.data_ptr(), 0, 2, 4, 4, 4, grads.data_ptr(), 8, 4, energies.data_ptr(),
-            table.data_ptr(), 1, 1, 0, 0.1, 0, 0.0, 0, 1, 0, 0, 0, False, 0.0, False, 0.0, 0.0,
-            energy.data_ptr(), flag.data_ptr()]
-    ext.langevin_step_cpu(*args)  # the valid call runs
+    from ebm_fast import _native
+
+    _native.load()
+    args = _native.step_args(x, grads, energies, table, step_size=0.1, noise=0.0, seed=1, step=0, order=0,
+                             grad_clip=None, clamp=None, out=out, energy_out=energy, flag=flag)
+    assert (args.x, args.B, args.D, args.N, args.M, args.step_size) == (x.data_ptr(), 2, 4, 1, 1,
+                                                                          pytest.approx(0.1))
+    ext.langevin_step_cpu(args)  # the valid call runs
     torch.testing.assert_close(out, x - 0.1 * grads[0])
-    args[index] = value
+    setattr(args, field, value)
     with pytest.raises(ValueError, match=re.escape(words)):
-        ext.langevin_step_cpu(*args)
+        ext.langevin_step_cpu(args)
 
 
 @pytest.mark.slow
@@ -154,7 +186,7 @@ def test_wheel_imports_where_no_compiler_is_on_path(tmp_path):
         zf.extractall(tmp_path / "unpacked")
     assert any(n.startswith("ebm_fast/_C") and n.endswith(".so") for n in names), names
     assert "ebm_fast/kernels/__init__.py" in names
-    shipped = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "ebm_fast" / "assets").rglob("*.pt"))
+    shipped = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "ebm_fast" / "paper" / "assets").rglob("*.pt"))
     assert shipped and all(name in names for name in shipped), (shipped, names)  # judges and concepts
     assert not any(n.startswith(("tests/", "benchmarks/", "csrc/", "kernels/")) for n in names)
     bare_path = str(tmp_path / "bin")

@@ -81,6 +81,49 @@ def test_truncated_last_falls_back_to_prev_with_a_warning_naming_it(tmp_path):
     assert load_checkpoint_file(mgr.prev)["step"] == 1
 
 
+def test_a_valid_file_of_another_kind_as_last_falls_back_to_prev_once(tmp_path):
+    """A readable checkpoint that is not the state the caller resumes (e.g. a model file copied over
+    last.pt) counts as bad: prev.pt is used, with one warning however often the run reads its checkpoint."""
+    mgr = CheckpointManager(tmp_path)
+    mgr.save(_state(1))
+    mgr.save(_state(2))
+    atomic_torch_save({"kind": "ebm_fast.model", "state_dict": {}}, mgr.last)
+
+    def check(state):
+        return None if state.get("kind") == "test" else f"not a test state (kind {state.get('kind')!r})"
+
+    assert mgr.load_latest()[1] == mgr.last  # without a check any good file does
+    with pytest.warns(RuntimeWarning) as record:
+        for _ in range(3):
+            state, path = mgr.load_latest(check=check)
+            assert path == mgr.prev and state["step"] == 1
+    assert len(record) == 1 and "not a test state" in str(record[0].message)
+    assert "previous good checkpoint" in str(record[0].message)
+    mgr.last.write_bytes(b"")  # another bad file: news again
+    with pytest.warns(RuntimeWarning, match="truncated or corrupt"):
+        mgr.load_latest(check=check)
+    with pytest.raises(CheckpointError, match="not a test state"):
+        CheckpointManager(tmp_path).load_latest(check=lambda st: "not a test state")
+
+
+def test_orphan_temporaries_of_a_killed_save_are_removed(tmp_path):
+    """A process killed while writing leaves a checkpoint-sized .last.pt.*.tmp; the next save (or
+    remove_orphans at a run's start) deletes it, and touches nothing else."""
+    mgr = CheckpointManager(tmp_path)
+    assert mgr.remove_orphans() == []
+    mgr.save(_state(1))
+    orphans = [tmp_path / f".last.pt.{tag}.tmp" for tag in ("a1b2", "zz_9")]
+    for o in orphans:
+        o.write_bytes(os.urandom(4096))
+    keep = tmp_path / ".other.pt.x.tmp"
+    keep.write_bytes(b"x")
+    assert sorted(mgr.remove_orphans()) == sorted(orphans)
+    for o in orphans:
+        o.write_bytes(b"y")
+    mgr.save(_state(2))
+    assert sorted(os.listdir(tmp_path)) == [".other.pt.x.tmp", "last.pt", "prev.pt"]
+
+
 def test_flipped_payload_byte_is_caught_by_the_checksum(tmp_path):
     path = atomic_torch_save(_state(4), tmp_path / "a.pt")
     data = bytearray(path.read_bytes())

@@ -8,9 +8,9 @@ import torch
 
 from ebm_fast import cli
 from ebm_fast.combine_models import combine_models
-from ebm_fast.concepts import load_concepts
+from ebm_fast.paper.concepts import load_concepts
 from ebm_fast.models import EnergyEnsemble, load_model, save_model
-from ebm_fast.sample_cli import ChainSettings, chain_settings_of
+from ebm_fast.chains import ChainSettings, chain_settings_of
 
 from test_expr_parser import tiny_concepts
 

@@ -8,7 +8,7 @@ import torch
 import ebm_fast as ef
 from ebm_fast.continual import freeze, load_frozen, negatives_expr, param_digest, parse_frozen
 from ebm_fast.models import build_model, save_model
-from ebm_fast.train import TrainConfig, Trainer, synthetic_data
+from ebm_fast.training import TrainConfig, Trainer, synthetic_data
 
 
 @pytest.fixture(autouse=True)

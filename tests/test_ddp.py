@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from ebm_fast.checkpoint import load_checkpoint_file
-from ebm_fast.train import synthetic_data
+from ebm_fast.training import synthetic_data
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,7 +35,7 @@ def test_torchrun_two_ranks_gloo(tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
            "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-           "-m", "ebm_fast.train", "--out", str(out), "--data", str(npz), "--cond", "position", "--model", "tiny",
+           "-m", "ebm_fast.cli", "train", "--out", str(out), "--data", str(npz), "--cond", "position", "--model", "tiny",
            "--iterations", "4", "--batch-size", "8", "--langevin-steps", "5", "--replay-capacity", "16",
            "--checkpoint-every", "2", "--log-every", "1", "--threads", "1", "--no-progress", "--seed", "11", "--device", "cpu"]
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")

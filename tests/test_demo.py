@@ -12,10 +12,12 @@ import torch
 from PIL import Image
 
 import ebm_fast as ef
-from ebm_fast import demo, demo_concepts, sample_cli
+from ebm_fast import chains
+from ebm_fast.paper import demo, demo_concepts
 from ebm_fast.models import save_model
 from ebm_fast.released_loop import released_code_chain
-from ebm_fast.sample_cli import ChainSettings, chain_settings_of
+from ebm_fast.chains import ChainSettings, chain_settings_of
+from ebm_fast.cli.demo import main as demo_main
 from test_expr_parser import tiny_concepts
 
 RNG = np.random.default_rng()
@@ -37,7 +39,7 @@ def test_concept_demo_end_to_end_on_tiny_models(tmp_path, capsys, monkeypatch):
     """The demo's four expressions are sampled, judged, gridded and timed (tiny untrained models, so
     the accuracies are meaningless; the chain follows the models' recorded training chain, and every
     expression gets the --alpha and --temperature given)."""
-    from ebm_fast import evaluate
+    from ebm_fast.paper import evaluate
 
     built, real_build = [], evaluate.build_expr
 
@@ -46,18 +48,18 @@ def test_concept_demo_end_to_end_on_tiny_models(tmp_path, capsys, monkeypatch):
         return real_build(row, concepts, targets, **kw)
 
     monkeypatch.setattr(evaluate, "build_expr", spy)
-    balanced, real_balance = [], sample_cli.balance_conjunctions
+    balanced, real_balance = [], chains.balance_conjunctions
 
     def balance_spy(expr, x):
         balanced.append(expr)
         return real_balance(expr, x)
 
-    monkeypatch.setattr(sample_cli, "balance_conjunctions", balance_spy)
+    monkeypatch.setattr(chains, "balance_conjunctions", balance_spy)
     recipe = {"langevin_steps": 2, "step_size": 50.0, "noise": 0.001, "sample_grad_clip": None, "order": "noise_first"}
     d = _save(tmp_path / "concepts", tiny_concepts(fresh_seed(), resolution=32), recipe)
     assert demo_concepts.concepts_present(d) and not demo_concepts.concepts_present(tmp_path)
     out = tmp_path / "demo"
-    rc = demo.cli_main(["--concepts", str(d), "--n", "6", "--batch-size", "4", "--out", str(out),
+    rc = demo_main(["--concepts", str(d), "--n", "6", "--batch-size", "4", "--out", str(out),
                         "--seed", str(fresh_seed() % 1000), "--threads", "1", "--temperature", "0.3",
                         "--alpha", "0.05"])
     assert rc == 0
@@ -67,7 +69,8 @@ def test_concept_demo_end_to_end_on_tiny_models(tmp_path, capsys, monkeypatch):
     for name, row in demo_concepts.DEMO_ROWS:
         assert name in printed and row.label in printed
         im = np.asarray(Image.open(out / f"{row.key}.png"))
-        assert im.shape[0] == 16 + 2 * (34 + 2)  # title strip + one row of six 32x32 tiles
+        # title strip + one row of six 32x32 tiles + a caption line per target under each tile
+        assert im.shape[0] == 16 + 2 * (34 + 2) + 11 * len(row.terms) + 2
     assert "6 samples per expression, Langevin chains of 2 steps of 50, noise " in printed and ", no clip" in printed
     assert "speed on the AND chain (6 samples x 2 steps): released-code loop" in printed
     saved = json.loads((out / "results.json").read_text())
@@ -81,7 +84,7 @@ def test_concept_demo_end_to_end_on_tiny_models(tmp_path, capsys, monkeypatch):
     assert saved["info"]["balance_and"] is True and "conjunctions balanced" in printed
     assert len(balanced) == 2 * len(demo_concepts.DEMO_ROWS)
     balanced.clear()
-    assert demo.cli_main(["--concepts", str(d), "--n", "2", "--batch-size", "2", "--out", str(tmp_path / "plain"),
+    assert demo_main(["--concepts", str(d), "--n", "2", "--batch-size", "2", "--out", str(tmp_path / "plain"),
                           "--threads", "1", "--no-balance-and"]) == 0
     assert not balanced and "conjunctions as the plain sum" in capsys.readouterr().out
     assert json.loads((tmp_path / "plain" / "results.json").read_text())["info"]["balance_and"] is False
@@ -90,12 +93,12 @@ def test_concept_demo_end_to_end_on_tiny_models(tmp_path, capsys, monkeypatch):
 def test_demo_falls_back_to_the_gaussian_demo_and_names_a_bad_folder(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(demo_concepts, "concept_paths",
                         lambda directory, attrs: {a: tmp_path / "none" / f"{a}.pt" for a in attrs})
-    rc = demo.cli_main(["--batch", "1024", "--out", str(tmp_path / "g"), "--seed", str(fresh_seed() % 1000)])
+    rc = demo_main(["--batch", "1024", "--out", str(tmp_path / "g"), "--seed", str(fresh_seed() % 1000)])
     printed = capsys.readouterr().out
     assert rc == 0, printed
     assert "no trained concepts found" in printed and "all expressions match their closed form" in printed
     assert (tmp_path / "g" / "A___B.png").is_file()
-    rc = demo.cli_main(["--concepts", str(tmp_path / "missing"), "--out", str(tmp_path / "g")])
+    rc = demo_main(["--concepts", str(tmp_path / "missing"), "--out", str(tmp_path / "g")])
     assert rc == 2 and "expected position.pt and color.pt" in capsys.readouterr().err
 
 
@@ -132,7 +135,7 @@ def test_chain_settings_follow_the_concepts_recipe():
 
 
 def test_the_cli_names_concepts_whose_chains_disagree(capsys):
-    from ebm_fast.sample_cli import add_chain_args, settings_from_args
+    from ebm_fast.paper.chain_options import add_chain_args, settings_from_args
 
     p = argparse.ArgumentParser()
     add_chain_args(p)

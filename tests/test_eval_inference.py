@@ -1,4 +1,4 @@
-"""Table 3 / Fig. 11 machinery (ebm_fast.eval_inference): splits, regressor, evaluation, CLIs.
+"""Table 3 / Fig. 11 machinery (ebm_fast.paper.eval_inference): splits, regressor, evaluation, CLIs.
 
 Plumbing is proven with stand-in energies whose argmin is known: ``PixelCode`` reads the true position
 written into pixel (0, 0) of each image, so the pipeline must return it up to the grid spacing.
@@ -12,8 +12,10 @@ import pytest
 import torch
 from torch import nn
 
-from ebm_fast import eval_inference as ei
-from ebm_fast.data import scenes
+from ebm_fast.cli.eval_inference import main as eval_inference_cli
+from ebm_fast.cli.infer import main as infer_cli
+from ebm_fast.paper import eval_inference as ei
+from ebm_fast.paper import scenes
 from ebm_fast.infer import infer_grid, position_grid
 from ebm_fast.models import build_model, save_model
 
@@ -204,7 +206,7 @@ def test_eval_cli_end_to_end_with_tiny_models(tmp_path, capsys):
             "--renderer", "numpy",
             "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out"),
             "--export-train", str(tmp_path / "train.npz"), "--seed", str(_seed() % 1000), "--two-objects", "3"]
-    assert ei.cli_main(argv) == 0
+    assert eval_inference_cli(argv) == 0
     res = json.loads((tmp_path / "out" / "results.json").read_text())
     for model in ("EBM", "ResNet"):
         assert set(res["table3"][model]) == {*ei.SET_NAMES, "shifted_mean"}
@@ -220,15 +222,16 @@ def test_eval_cli_end_to_end_with_tiny_models(tmp_path, capsys):
     with Image.open(tmp_path / "out" / "fig12_two_objects.png") as im:
         assert im.size[1] > 3 * 5 * 3  # three scenes, one row each
     # the exported training split loads as training data with a 2-d position label
-    from ebm_fast.train import TrainConfig, load_data
+    from ebm_fast.paper import training_data  # noqa: F401 - registers the scenes data
+    from ebm_fast.training import TrainConfig, load_data
 
     data = load_data(TrainConfig(data=str(tmp_path / "train.npz"), cond="position", out=str(tmp_path / "run")))
     assert data.attribute("position")[1:] == ("continuous", 2) and len(data) == 12
     # and the regressor it saved is reusable
-    assert ei.cli_main(argv[:2] + ["--regressor", str(tmp_path / "out" / "regressor.pt")] + argv[5:]) == 0
+    assert eval_inference_cli(argv[:2] + ["--regressor", str(tmp_path / "out" / "regressor.pt")] + argv[5:]) == 0
     assert "warning" not in capsys.readouterr().err
     # another training size range: every set follows it, and the old regressor is named as mismatched
-    assert ei.cli_main(argv[:2] + ["--regressor", str(tmp_path / "out" / "regressor.pt")] + argv[5:]
+    assert eval_inference_cli(argv[:2] + ["--regressor", str(tmp_path / "out" / "regressor.pt")] + argv[5:]
                        + ["--train-size-range", "0.12", "0.2", "--out", str(tmp_path / "small")]) == 0
     assert "was trained on another training split" in capsys.readouterr().err
     meta = json.loads((tmp_path / "small" / "results.json").read_text())["meta"]
@@ -236,16 +239,16 @@ def test_eval_cli_end_to_end_with_tiny_models(tmp_path, capsys):
     assert meta["splits"]["Size"]["size_scale"] == 2.0
     assert json.loads((tmp_path / "small" / "results.json").read_text())["fig12"]["size_range"] == [0.12, 0.2]
     assert "(half-extents 0.12-0.2 m)" in (tmp_path / "small" / "report.md").read_text()
-    with pytest.raises(SystemExit, match="--train-size-range: size_range"):
-        ei.cli_main(argv[:2] + ["--train-size-range", "0.05", "0.2", "--out", str(tmp_path / "bad")])
+    assert eval_inference_cli(argv[:2] + ["--train-size-range", "0.05", "0.2", "--out", str(tmp_path / "bad")]) == 2
+    assert "--train-size-range: size_range" in capsys.readouterr().err
     # Fig. 12 alone: --n 0 and --concepts 0 skip Table 3 and Fig. 11
-    assert ei.cli_main(["--ebm", str(tmp_path / "ebm.pt"), "--n", "0", "--concepts", "0", "--two-objects", "2",
+    assert eval_inference_cli(["--ebm", str(tmp_path / "ebm.pt"), "--n", "0", "--concepts", "0", "--two-objects", "2",
                         "--grid", "5", "--renderer", "numpy", "--out", str(tmp_path / "fig12")]) == 0
     res = json.loads((tmp_path / "fig12" / "results.json").read_text())
     assert res["table3"] == {"EBM": {}} and res["fig11"] is None and res["fig12"]["n"] == 2
     assert "Fig. 12" in (tmp_path / "fig12" / "report.md").read_text()
-    with pytest.raises(SystemExit, match="--two-objects"):
-        ei.cli_main(["--ebm", str(tmp_path / "ebm.pt"), "--two-objects", "-1", "--out", str(tmp_path / "bad")])
+    assert eval_inference_cli(["--ebm", str(tmp_path / "ebm.pt"), "--two-objects", "-1", "--out", str(tmp_path / "bad")]) == 2
+    assert "--two-objects" in capsys.readouterr().err
 
 
 def test_infer_cli_prints_the_grid_argmin(tmp_path, capsys):
@@ -263,7 +266,7 @@ def test_infer_cli_prints_the_grid_argmin(tmp_path, capsys):
     loaded, _ = load_model(tmp_path / "m.pt")
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
     want = ei.ebm_positions(loaded, x, grid=7)
-    assert ei.infer_cli_main(["--model", str(tmp_path / "m.pt"), "--images", str(tmp_path / "x.npz"),
+    assert infer_cli(["--model", str(tmp_path / "m.pt"), "--images", str(tmp_path / "x.npz"),
                               "--grid", "7", "--energy-map", str(tmp_path / "e.png")]) == 0
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("image")]
     got = torch.tensor([[float(t.split("=")[1]) for t in ln.split(":")[1].split()[:2]] for ln in lines])
@@ -275,7 +278,7 @@ def test_infer_cli_prints_the_grid_argmin(tmp_path, capsys):
     with Image.open(tmp_path / "e.png") as im:
         assert 0.3 <= float((np.asarray(im) == 0).mean()) <= 0.7
     # --autocast bf16: the grid screened in bfloat16, its lowest candidates re-scored in float32
-    assert ei.infer_cli_main(["--model", str(tmp_path / "m.pt"), "--images", str(tmp_path / "x.npz"),
+    assert infer_cli(["--model", str(tmp_path / "m.pt"), "--images", str(tmp_path / "x.npz"),
                               "--grid", "7", "--autocast", "bf16", "--energy-map", str(tmp_path / "e16.png"), "--map-style", "density"]) == 0
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("image")]
     got = torch.tensor([[float(t.split("=")[1]) for t in ln.split(":")[1].split()[:2]] for ln in lines])
@@ -286,6 +289,33 @@ def test_infer_cli_prints_the_grid_argmin(tmp_path, capsys):
     with Image.open(tmp_path / "e16.png") as im:
         assert np.array_equal(np.asarray(im), maps[torch.bfloat16])
     assert not np.array_equal(maps[None], maps[torch.bfloat16])  # (20 of 20 random models differ)
-    assert ei.infer_cli_main(["--model", str(tmp_path / "m.pt"), "--images", str(tmp_path / "x.npz"),
+    assert infer_cli(["--model", str(tmp_path / "m.pt"), "--images", str(tmp_path / "x.npz"),
                               "--grid", "7", "--views"]) == 0
     assert capsys.readouterr().out.count("views 0:") == 1
+
+
+def test_infer_refuses_images_off_the_training_size_and_positions_outside_the_square(tmp_path, capsys):
+    """A convolutional energy runs at any size, but its positions are only right at the size it was trained
+    at; true positions outside [-1, 1]^2 cannot be the model's. Both end in one line and status 2."""
+    torch.manual_seed(_seed())
+    meta = {"cond": "position", "data": {"source": "x.npz", "image_size": [16, 16]}}
+    save_model(tmp_path / "m.pt", build_model("tiny", 2, "continuous"), meta)
+    rng = np.random.default_rng(_seed())
+    pos = rng.uniform(-1, 1, (3, 2)).astype(np.float32)
+    for res, name in ((16, "ok.npz"), (32, "big.npz")):
+        np.savez(tmp_path / name, images=rng.integers(0, 256, (3, res, res, 3), dtype=np.uint8), label_pos=pos)
+    args = ["--model", str(tmp_path / "m.pt"), "--grid", "3", "--images"]
+    assert infer_cli(args + [str(tmp_path / "ok.npz")]) == 0
+    capsys.readouterr()
+    assert infer_cli(args + [str(tmp_path / "big.npz")]) == 2
+    err = capsys.readouterr().err
+    assert "32x32 images, but the model was trained at 16x16" in err and len(err.strip().splitlines()) == 1
+    # a scenes-trained model records its size in the scene config
+    assert ei.trained_image_size({"data": {"scene_config": {"resolution": 32}}}) == (32, 32)
+    assert ei.trained_image_size({"data": {"source": "x.npz"}}) is None
+    bad = pos.copy()
+    bad[1, 0] = 1.5
+    np.savez(tmp_path / "out.npz", images=rng.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8), label_pos=bad)
+    assert infer_cli(args + [str(tmp_path / "out.npz")]) == 2
+    err = capsys.readouterr().err
+    assert "outside [-1, 1]^2 (first: image 1" in err and "Traceback" not in err

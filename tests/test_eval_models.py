@@ -1,4 +1,4 @@
-"""Tests for judging a run's exported models (ebm_fast.eval_models, ``ebm-fast eval models``).
+"""Tests for judging a run's exported models (ebm_fast.paper.eval_models, ``ebm-fast eval models``).
 
 The oracle: a stand-in sampler hands out REAL renders (NumPy renderer, fresh each run) chosen by
 each model's known quality q, stored in its head's bias: the first round(q * n) samples of a batch
@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from ebm_fast import eval_models as EM
+from ebm_fast.paper import eval_models as EM
 from ebm_fast.cli import main as cli
-from ebm_fast.data import scenes as S
-from ebm_fast.evaluate import ROWS
-from ebm_fast.judges import Judges
+from ebm_fast.paper import scenes as S
+from ebm_fast.paper.evaluate import ROWS
+from ebm_fast.paper.judges import Judges
 from ebm_fast.models import save_model
 from test_evaluate import fresh_seed, save_concepts
 from test_expr_parser import tiny_concepts

@@ -1,4 +1,4 @@
-"""Fig. 12 (ebm_fast.eval_two_objects): the two-object scenes, the minima finder and the measures.
+"""Fig. 12 (ebm_fast.paper.eval_two_objects): the two-object scenes, the minima finder and the measures.
 
 The measures are checked against a stand-in energy whose answer is known: ``SpotDensity`` reads bright
 spots in channel 0 and gives ``E(x | c) = -log sum_p x_p k(c - loc(p))``, so a two-spot image's map is
@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from ebm_fast import eval_two_objects as eto
+from ebm_fast.paper import eval_two_objects as eto
 from ebm_fast.infer import position_grid
 
 torch.set_num_threads(1)
@@ -83,7 +83,7 @@ def test_two_object_labels_place_two_separated_objects_and_each_alone():
 
 
 def test_two_object_labels_draw_both_objects_from_the_size_range():
-    from ebm_fast.eval_inference import TRAIN_SIZE_RANGE
+    from ebm_fast.paper.eval_inference import TRAIN_SIZE_RANGE
 
     seed = int(np.random.default_rng().integers(0, 10**6))
     lo, hi = 0.12, 0.16  # below the default range (0.18-0.24): none of its objects fits here

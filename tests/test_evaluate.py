@@ -1,4 +1,4 @@
-"""Tests for the composition tables (ebm_fast.evaluate) and ``ebm-fast sample`` (ebm_fast.sample_cli).
+"""Tests for the composition tables (ebm_fast.paper.evaluate) and ``ebm-fast sample`` (ebm_fast.cli.sample).
 
 Scoring is checked on REAL renders (NumPy renderer) fed in place of samples through the injectable
 sampler: with targets equal to the true labels the judged accuracy is high, with shuffled targets it
@@ -16,11 +16,13 @@ import torch
 from PIL import Image
 
 import ebm_fast as ef
-from ebm_fast import evaluate as E
-from ebm_fast.data import scenes as S
-from ebm_fast.judges import Judges
+from ebm_fast.paper import evaluate as E
+from ebm_fast.paper import scenes as S
+from ebm_fast.paper.judges import Judges
 from ebm_fast.models import save_model
-from ebm_fast.sample_cli import ChainSettings, sample_cli_main
+from ebm_fast.chains import ChainSettings
+from ebm_fast.cli.eval_composition import main as eval_composition
+from ebm_fast.cli.sample import main as sample_cli_main
 from test_expr_parser import tiny_concepts
 
 RNG = np.random.default_rng()
@@ -156,7 +158,7 @@ def test_expressions_have_the_row_structure(concepts):
     x = torch.rand(6, 3, 32, 32)
     assert torch.isfinite(e.energy(x)).all()
     # terms marked `either` form one Or inside the conjunction: (position 1 | position 2) & color
-    from ebm_fast.demo_concepts import NESTED
+    from ebm_fast.paper.demo_concepts import NESTED
 
     tg = E.draw_targets(NESTED, 6, gen, concepts)
     e = E.build_expr(NESTED, concepts, tg, temperature=0.5)
@@ -174,7 +176,7 @@ def test_disjunctions_default_to_the_released_codes_temperature(concepts):
     import argparse
 
     from ebm_fast.compose import DEFAULT_SAMPLE_TEMPERATURE, Or
-    from ebm_fast.sample_cli import add_chain_args
+    from ebm_fast.paper.chain_options import add_chain_args
 
     gen = torch.Generator().manual_seed(fresh_seed())
     e = E.build_expr(E.ROWS["disj_pos"], concepts, E.draw_targets(E.ROWS["disj_pos"], 3, gen))
@@ -191,8 +193,9 @@ def test_sampling_tools_balance_disjunctions_at_each_terms_modes(concepts, monke
     energies those chains reached, then samples the balanced expression from the same noise."""
     import argparse
 
-    import ebm_fast.sample_cli as SC
-    from ebm_fast.sample_cli import ChainSettings, add_chain_args, sample_images, settings_from_args
+    import ebm_fast.chains as SC
+    from ebm_fast.chains import ChainSettings, sample_images
+    from ebm_fast.paper.chain_options import add_chain_args, settings_from_args
 
     p = argparse.ArgumentParser()
     add_chain_args(p)
@@ -288,6 +291,54 @@ def test_report_table_json_and_grids(tmp_path):
         assert (im[:16] != 255).any()  # the title was drawn
 
 
+def test_grids_caption_each_tile_with_its_targets(tmp_path, concepts):
+    """Each kept sample carries its targets as a caption (a line per term: a position, a class name, ``~`` for
+    a negated term, ``|`` for a disjunction's); the grid grows by the caption strip and keeps every tile."""
+    gen = torch.Generator().manual_seed(fresh_seed())
+    row = E.ROWS["conj_pos_not_color"]
+    tg = E.draw_targets(row, 3, gen, concepts)
+    labels = E.tile_labels(row, tg, concepts)
+    names = concepts["color"][1]["data"]["colors"]
+    for i, text in enumerate(labels):
+        pos, colour = text.split("\n")
+        x, y = (float(v) for v in pos.split(","))
+        assert (x, y) == pytest.approx(tuple(tg[0][i].tolist()), abs=0.006)
+        assert colour == "~" + names[int(tg[1][i])]
+    disj = E.tile_labels(E.ROWS["disj_pos"], E.draw_targets(E.ROWS["disj_pos"], 2, gen), concepts)
+    assert all(line.startswith("|") for text in disj for line in text.split("\n"))
+    images = np.random.default_rng().integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    from ebm_fast.image_grid import save_image_grid
+
+    plain = np.asarray(Image.open(save_image_grid(tmp_path / "p.png", images, ncols=3)))
+    framed = np.asarray(Image.open(save_image_grid(tmp_path / "c.png", images, ncols=3,
+                                                   labels=[f"+.{i}0,-.50\nred" for i in range(5)])))
+    slot = 2 * 34 + 4 + 2 * 11 + 2  # a row of tiles, its bottom padding, two caption lines
+    assert framed.shape == (2 * slot, plain.shape[1], 3)
+    for i in range(5):
+        r, q = divmod(i, 3)
+        assert (framed[r * slot + 4:r * slot + 68:2, q * 68 + 4:q * 68 + 68:2] == images[i]).all()
+        assert (framed[r * slot + 72:(r + 1) * slot, q * 68:(q + 1) * 68] != 255).any()  # its caption
+    with pytest.raises(ValueError, match="one per image"):
+        save_image_grid(tmp_path / "x.png", images, labels=["a"])
+
+
+def test_sample_writes_the_raw_samples_with_expression_and_targets(tmp_path, concepts, capsys):
+    d = save_concepts(tmp_path / "c", concepts)
+    text = "shape=sphere & color=red & ~pos=(0.5,-0.25)"
+    rc = sample_cli_main([text, "--n", "5", "--steps", "1", "--concepts", str(d), "--out", str(tmp_path / "s.npz"),
+                          "--batch-size", "3", "--seed", str(fresh_seed() % 1000)])
+    assert rc == 0, capsys.readouterr().err
+    with np.load(tmp_path / "s.npz", allow_pickle=False) as z:
+        assert z["images"].dtype == np.uint8 and z["images"].shape == (5, 32, 32, 3) and str(z["layout"]) == "NHWC"
+        assert str(z["expr"]) == text
+        assert json.loads(str(z["targets"])) == [
+            {"attribute": "shape", "value": "sphere", "negated": False},
+            {"attribute": "color", "value": "red", "negated": False},
+            {"attribute": "position", "value": [0.5, -0.25], "negated": True}]
+        assert json.loads(str(z["chain"]))["steps"] == 1
+        assert len(np.unique(z["images"].reshape(5, -1), axis=0)) == 5  # five different samples
+
+
 def save_concepts(directory, concepts, attributes=("position", "color", "shape")):
     directory.mkdir(parents=True, exist_ok=True)
     for a in attributes:
@@ -298,7 +349,7 @@ def save_concepts(directory, concepts, attributes=("position", "color", "shape")
 def test_cli_end_to_end_on_tiny_models(tmp_path, concepts, capsys):
     d = save_concepts(tmp_path / "concepts", concepts)
     out = tmp_path / "report"
-    rc = E.cli_main(["--n", "8", "--steps", "3", "--res", "32", "--batch-size", "5", "--concepts", str(d),
+    rc = eval_composition(["--n", "8", "--steps", "3", "--res", "32", "--batch-size", "5", "--concepts", str(d),
                      "--continual", str(d), "--out", str(out), "--seed", str(fresh_seed() % 1000)])
     assert rc == 0
     printed = capsys.readouterr().out
@@ -313,14 +364,15 @@ def test_cli_end_to_end_on_tiny_models(tmp_path, concepts, capsys):
 
 
 def test_cli_names_missing_concepts(tmp_path, capsys):
-    rc = E.cli_main(["--n", "2", "--concepts", str(tmp_path / "none"), "--out", str(tmp_path / "r")])
+    rc = eval_composition(["--n", "2", "--concepts", str(tmp_path / "none"), "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err
     assert rc == 2 and "--cond position" in err and str(tmp_path / "none" / "color.pt") in err
     d = save_concepts(tmp_path / "c", tiny_concepts(fresh_seed()))
-    rc = E.cli_main(["--n", "2", "--concepts", str(d), "--continual", str(tmp_path / "x"),
+    rc = eval_composition(["--n", "2", "--concepts", str(d), "--continual", str(tmp_path / "x"),
                      "--out", str(tmp_path / "r")])
-    err = capsys.readouterr().err
-    assert rc == 2 and "--frozen" in err and "--tables 1" in err
+    printed = capsys.readouterr()
+    assert rc == 2 and "--frozen" in printed.out and "--tables 1" in printed.err
+    assert len(printed.err.strip().splitlines()) == 1
 
 
 def test_sample_cli_writes_a_grid(tmp_path, concepts, capsys):
@@ -329,7 +381,7 @@ def test_sample_cli_writes_a_grid(tmp_path, concepts, capsys):
     rc = sample_cli_main(["shape=sphere & color=red & ~position=(0.5,0.5)", "--n", "6", "--steps", "2",
                           "--concepts", str(d), "--out", str(out), "--ncols", "3", "--batch-size", "4"])
     assert rc == 0 and "6 samples at 32x32, 2 steps of " in capsys.readouterr().out
-    assert np.asarray(Image.open(out)).shape == (2 * (2 * 34 + 2), 2 * (3 * 34 + 2), 3)
+    assert np.asarray(Image.open(out)).shape == (16 + 2 * (2 * 34 + 2), 2 * (3 * 34 + 2), 3)  # title + 2 rows
     rc = sample_cli_main(["shape=sphere & colr=red", "--concepts", str(d), "--out", str(out)])
     err = capsys.readouterr().err
     assert rc == 2 and "column 16" in err and "unknown attribute 'colr'" in err
@@ -342,8 +394,9 @@ def test_sampling_tools_balance_conjunctions_at_the_starting_noise(concepts, mon
     chains' own starting noise (no extra chain), then samples the balanced expression from it."""
     import argparse
 
-    import ebm_fast.sample_cli as SC
-    from ebm_fast.sample_cli import ChainSettings, add_chain_args, sample_images, settings_from_args
+    import ebm_fast.chains as SC
+    from ebm_fast.chains import ChainSettings, sample_images
+    from ebm_fast.paper.chain_options import add_chain_args, settings_from_args
 
     p = argparse.ArgumentParser()
     add_chain_args(p)

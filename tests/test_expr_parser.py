@@ -1,4 +1,4 @@
-"""Tests for command-line expressions (ebm_fast.expr_parser) and concept conditions (ebm_fast.concepts)."""
+"""Tests for command-line expressions (ebm_fast.paper.expr_parser) and concept conditions (ebm_fast.paper.concepts)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import torch
 from torch import nn
 
 import ebm_fast as ef
-from ebm_fast import concepts as C
+from ebm_fast.paper import concepts as C
 from ebm_fast.compose import DEFAULT_NOT_ALPHA, And, Not, Or, Scale
-from ebm_fast.data.scenes import COLOR_NAMES, SHAPES
-from ebm_fast.expr_parser import Atom, ExprError, parse, parse_expr, tree_attributes
+from ebm_fast.paper.scenes import COLOR_NAMES, SHAPES
+from ebm_fast.paper.expr_parser import Atom, ExprError, parse, parse_expr, tree_attributes
 from ebm_fast.models import FiLM, build_model
 
 RNG = np.random.default_rng()

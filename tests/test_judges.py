@@ -1,4 +1,4 @@
-"""Tests for the attribute judges (ebm_fast.judges); NumPy renders only, no GL needed."""
+"""Tests for the attribute judges (ebm_fast.paper.judges); NumPy renders only, no GL needed."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from ebm_fast import judges as J
-from ebm_fast.data import scenes as S
+from ebm_fast.cli.judges_train import main as judges_train
+from ebm_fast.paper import judges as J
+from ebm_fast.paper import scenes as S
 
 RNG = np.random.default_rng()
 
@@ -185,10 +186,10 @@ def test_packaged_judges_read_fresh_scenes(renderer, res):
 
 def test_cli_trains_and_saves(tmp_path, capsys):
     out = tmp_path / "judges.pt"
-    rc = J.judges_cli_main(["--n", "48", "--val-n", "16", "--res", "32", "--epochs", "1", "--renderer", "numpy",
+    rc = judges_train(["--n", "48", "--val-n", "16", "--res", "32", "--epochs", "1", "--renderer", "numpy",
                             "--workers", "1", "--cache-dir", str(tmp_path / "cache"), "--out", str(out),
                             "--seed", str(fresh_seed()), "--no-progress"])
     assert rc == 0
     assert '"color_acc"' in capsys.readouterr().out
     assert J.Judges.load(out).meta["train"]["renderer"] == "numpy"
-    assert J.judges_cli_main(["--n", "0", "--out", str(out), "--renderer", "numpy"]) == 2
+    assert judges_train(["--n", "0", "--out", str(out), "--renderer", "numpy"]) == 2

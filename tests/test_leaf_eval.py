@@ -8,13 +8,16 @@ from __future__ import annotations
 import copy
 import functools
 import secrets
+import threading
+import warnings
 
 import pytest
 import torch
 from torch import nn
 
 import ebm_fast as ef
-from ebm_fast.leaf_eval import LeafEvaluator, couples_samples, energy_terms, frozen_parameters, inspect_model
+from ebm_fast.leaf_eval import (LeafEvaluator, couples_samples, energy_terms, frozen_parameters, inspect_model,
+                                stateful_parts)
 from ebm_fast.models import EnergyEnsemble
 
 from support import TOL
@@ -362,6 +365,118 @@ def test_frozen_parameters_restore_flags_and_modes_on_exception():
             raise KeyError("x")
     assert [p.requires_grad for p in net.parameters()] == flags
     assert [m.training for m in net.modules()] == modes
+
+
+# ---- several chains at once, stateful models ---------------------------------------------------------
+def test_overlapping_chains_in_threads_restore_the_callers_flags():
+    """Chain A enters, chain B enters, A leaves, B leaves: the order in which restoring what each chain
+    found at its entry (B found A's frozen flags) left the parameters frozen for good."""
+    net = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1))
+    net[0].bias.requires_grad_(False)
+    net[1].eval()
+    flags = [p.requires_grad for p in net.parameters()]
+    modes = [m.training for m in net.modules()]
+    b_inside, a_done = threading.Event(), threading.Event()
+    seen, errors = {}, []
+
+    def energy(x):
+        name = threading.current_thread().name
+        seen.setdefault(name, [p.requires_grad for p in net.parameters()])
+        if name == "A":
+            assert b_inside.wait(10)
+        elif name == "B":
+            b_inside.set()
+            assert a_done.wait(10)
+        return net(x).squeeze(1)
+
+    def run(name):
+        try:
+            ef.langevin(energy, torch.randn(4, 3), steps=2, step_size=0.1, noise=0.1)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+        if name == "A":
+            a_done.set()
+
+    threads = [threading.Thread(target=run, args=(n,), name=n) for n in "AB"]
+    threads[0].start()
+    while "A" not in seen and threads[0].is_alive():
+        threads[0].join(0.001)
+    threads[1].start()
+    for t in threads:
+        t.join(30)
+    assert not errors, errors
+    assert seen["A"] == seen["B"] == [False] * len(flags)  # frozen while the chains ran
+    assert [p.requires_grad for p in net.parameters()] == flags
+    assert [m.training for m in net.modules()] == modes
+
+
+def test_frozen_parameters_nest_and_count_holders():
+    net = nn.Linear(2, 1)
+    with frozen_parameters([net]):
+        with frozen_parameters([net]):
+            assert not net.weight.requires_grad
+        assert not net.weight.requires_grad  # the outer holder still runs
+    assert net.weight.requires_grad and net.bias.requires_grad
+
+
+def test_stateful_parts_named():
+    assert stateful_parts(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))) == ["BatchNorm in training mode"]
+    for sn in (nn.utils.parametrizations.spectral_norm, nn.utils.spectral_norm):
+        assert stateful_parts(sn(nn.Linear(2, 2))) == ["spectral norm in training mode"]
+    assert stateful_parts(nn.Dropout(0.1)) == ["dropout in training mode"]
+    quiet = nn.Sequential(nn.utils.parametrizations.spectral_norm(nn.Linear(2, 2)), nn.BatchNorm1d(2),
+                          nn.Dropout(0.1), nn.Dropout(0.0).train())
+    assert stateful_parts(quiet.eval()) == [] and stateful_parts(nn.Dropout(0.0)) == []
+    assert stateful_parts(nn.BatchNorm1d(2, track_running_stats=False)) == []  # couples, but keeps no state
+
+
+class SNConv(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c = nn.utils.parametrizations.spectral_norm(nn.Conv2d(3, 4, 3))
+        self.out = nn.Linear(4, 1)
+
+    def forward(self, x, c):
+        return self.out(torch.tanh(self.c(x * c[:, None, None, None])).mean((2, 3)))
+
+
+def test_stateful_model_runs_its_passes_serially_and_repeatably():
+    """Spectral norm in training mode: every forward runs a power iteration on the shared ``u``; in
+    worker threads the passes' order (and so u and the chain) varied run to run."""
+    base = SNConv()
+    runs = []
+    for _ in range(3):
+        model = copy.deepcopy(base)
+        expr = ef.Concept(model, torch.tensor(1.0)) & ef.Concept(model, torch.tensor(0.7))
+        x, info = ef.sample(expr, torch.rand(3, 3, 6, 6, generator=torch.Generator().manual_seed(1)), steps=4,
+                            step_size=0.1, noise=0.01, seed=5, workers=2, grouping="per_leaf", return_info=True)
+        assert info.workers == 1
+        runs.append((x, model.c.parametrizations.weight[0]._u.clone()))
+    for x, u in runs[1:]:
+        assert torch.equal(x, runs[0][0]) and torch.equal(u, runs[0][1])
+    assert not torch.equal(runs[0][1], base.c.parametrizations.weight[0]._u)  # it did iterate
+    plain = nn.Linear(3 * 36, 1)
+    ev = LeafEvaluator([ef.Concept(lambda x, c: plain(x.flatten(1) * c[:, :1]), torch.tensor(float(i)))
+                        for i in range(2)], 2, (3, 6, 6), torch.device("cpu"), model_dtype=torch.float32,
+                       grad_dtype=torch.float32, grouping="per_leaf", workers=2)
+    assert ev.workers == 2 and ev.stateful == []
+
+
+def test_batchnorm_in_train_mode_warns_once_per_model_even_for_one_leaf():
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 1))
+    before = model[1].running_mean.clone()
+    kw = dict(steps=3, step_size=0.1, noise=0.0, seed=1, return_info=True)
+    with pytest.warns(RuntimeWarning, match="updates its running statistics on every step") as rec:
+        _, info = ef.langevin(model, torch.randn(5, 3), **kw)
+    assert len(rec) == 1 and any("running statistics" in w for w in info.warnings)
+    assert not torch.equal(model[1].running_mean, before)  # what the warning says happened
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, info = ef.langevin(model, torch.randn(5, 3), **kw)  # once per model: no second warning
+    assert any("running statistics" in w for w in info.warnings)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ef.langevin(model.eval(), torch.randn(5, 3), **kw)
 
 
 @pytest.mark.slow

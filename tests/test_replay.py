@@ -83,8 +83,6 @@ def test_labels_come_from_slots_or_from_the_fresh_rows():
     assert fb.any() and (~fb).any()
     torch.testing.assert_close(out.labels[fb], lab[out.index[fb]], rtol=0, atol=0)
     assert (out.labels[~fb] == -1.0).all()
-    with pytest.raises(ValueError, match="labels of shape"):
-        buf.add(x)
     with pytest.raises(ValueError, match="stores no labels"):
         ef.ReplayBuffer(4, (2,)).add(x[:4], lab[:4])
 
@@ -159,3 +157,66 @@ def test_drives_persistent_chains():
     assert len(buf) == 48
     out = buf.sample(48, p=1.0)
     assert (out.x - 0.25).abs().mean() < 0.2  # the stored states moved towards the energy's minimum
+
+
+# ---- class-conditional draws and states without labels ----------------------------------------------
+def _jem_draw(slices: torch.Tensor, y: torch.Tensor, per_class: int) -> torch.Tensor:
+    """JEM's conditional draw, written its way: the buffer is one slice of ``per_class`` states per
+    class, and row i comes from a uniform slot of class y_i's slice."""
+    inds = torch.randint(0, per_class, (y.shape[0],)) + y * per_class
+    return slices[inds]
+
+
+def test_conditional_draws_take_each_row_from_its_class():
+    n_classes, per_class = 4, 25
+    buf = ef.ReplayBuffer(n_classes * per_class, (3,), label_shape=(), label_dtype=torch.int64)
+    y_stored = torch.randperm(n_classes * per_class) % n_classes
+    x = torch.rand(n_classes * per_class, 3) + 10.0 * y_stored[:, None]  # a state shows its class
+    buf.add(x, y_stored)
+    y = torch.randint(0, n_classes, (400,))
+    out = buf.sample(400, p=1.0, labels=y, conditional=True)
+    assert out.from_buffer.all()
+    assert torch.equal(out.labels, y) and torch.equal(y_stored[out.index], y)
+    assert torch.equal((out.x[:, 0] // 10).long(), y)  # the same law as JEM's slices: the class's states
+    ref = _jem_draw(x[torch.argsort(y_stored, stable=True)], y, per_class)
+    assert torch.equal((ref[:, 0] // 10).long(), y)
+    # uniform over the class's slots: every slot of class 0 is reachable
+    many = buf.sample(4000, p=1.0, labels=torch.zeros(4000, dtype=torch.int64), conditional=True)
+    assert set(many.index.tolist()) == set(torch.nonzero(y_stored == 0).flatten().tolist())
+    # the unconditional draw ignores the asked labels for buffer rows (the old behaviour, by request)
+    plain = buf.sample(400, p=1.0, labels=y)
+    assert not torch.equal(plain.labels, y)
+
+
+def test_conditional_draw_of_a_label_nobody_holds_is_fresh():
+    buf = ef.ReplayBuffer(6, (2,), label_shape=(2,))
+    buf.add(torch.rand(6, 2) + 5.0, torch.tensor([[1.0, 0.0]]).expand(6, 2))
+    asked = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    out = buf.sample(3, p=1.0, labels=asked, conditional=True)
+    assert out.from_buffer.tolist() == [True, False, True]
+    assert (out.x[1] < 1.0).all() and torch.equal(out.labels, asked)
+    with pytest.raises(ValueError, match="pass labels"):
+        buf.sample(3, conditional=True)
+    with pytest.raises(ValueError, match="needs a buffer with labels"):
+        ef.ReplayBuffer(4, (2,)).sample(2, labels=None, conditional=True)
+    empty = ef.ReplayBuffer(4, (2,), label_shape=())
+    assert not empty.sample(3, labels=torch.zeros(3), conditional=True).from_buffer.any()
+
+
+def test_add_without_labels_leaves_slots_unlabelled():
+    buf = ef.ReplayBuffer(8, (2,), label_shape=(), label_dtype=torch.int64)
+    buf.add(torch.rand(4, 2), torch.tensor([3, 3, 3, 3]))
+    buf.add(torch.rand(4, 2) + 5.0)  # no labels: allowed, and never drawn for a class
+    assert len(buf) == 8 and buf.labelled.tolist() == [True] * 4 + [False] * 4
+    out = buf.sample(200, p=1.0, labels=torch.full((200,), 3), conditional=True)
+    assert out.from_buffer.all() and (out.index < 4).all()
+    # write() without labels keeps a slot's label; with labels it labels the slot
+    buf.write(torch.tensor([0]), torch.rand(1, 2))
+    buf.write(torch.tensor([5]), torch.rand(1, 2), torch.tensor([3]))
+    assert buf.labelled.tolist() == [True] * 4 + [False, True, False, False]
+    again = ef.ReplayBuffer(8, (2,), label_shape=(), label_dtype=torch.int64)
+    again.load_state_dict(buf.state_dict())
+    assert torch.equal(again.labelled, buf.labelled)
+    old = {k: v for k, v in buf.state_dict().items() if k != "labelled"}  # saved before the mask existed
+    again.load_state_dict(old)
+    assert again.labelled.all()

@@ -118,3 +118,26 @@ def test_cpu_backend_noise_does_not_depend_on_thread_count():
         outs.add(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                                 check=True, cwd=os.path.dirname(os.path.dirname(__file__))).stdout)
     assert len(outs) == 1, outs
+
+
+def test_a_seed_is_an_int_in_0_to_2_64_everywhere():
+    """One rule for a seed (ebm_fast.ops.check_seed): -1 is refused by the fused step, the chains and the
+    reference noise instead of silently naming the key 2**64 - 1; 2**64 - 1 itself is a valid key."""
+    message = r"^seed must be in \[0, 2\*\*64\) \(64 bits\), got -1$"
+    x = torch.rand(3, 4)
+    expr = leaf(0)
+    with pytest.raises(ValueError, match=message):
+        ef.ops.langevin_step(x, torch.randn(1, 3, 4), torch.randn(1, 3), expr, step_size=0.1, noise=0.1, seed=-1,
+                             step=0)
+    with pytest.raises(ValueError, match=message):
+        ef.sample(ef.Concept(lambda t: (t**2).sum(1)), x, steps=1, step_size=0.1, noise=0.1, seed=-1)
+    with pytest.raises(ValueError, match=message):
+        normal_noise(-1, 0, 8)
+    top = 2**64 - 1
+    x_new, _ = ef.ops.langevin_step(torch.zeros(1, 8), torch.zeros(1, 1, 8), torch.zeros(1, 1), expr, step_size=0.0,
+                                    noise=1.0, seed=top, step=3, backend="torch")
+    torch.testing.assert_close(x_new[0], normal_noise(top, 3, 8), rtol=0, atol=0)
+    # as an int64 tensor (how chains keep the seed on the device) the same key reads -1
+    x_t, _ = ef.ops.langevin_step(torch.zeros(1, 8), torch.zeros(1, 1, 8), torch.zeros(1, 1), expr, step_size=0.0,
+                                  noise=1.0, seed=torch.tensor(-1), step=3, backend="torch")
+    torch.testing.assert_close(x_t, x_new, rtol=0, atol=0)

@@ -113,7 +113,7 @@ def conv_expressions():
 def test_noise_free_chain_equals_released_loop(name, backend):
     expr = conv_expressions()[name]
     x0 = torch.rand(5, 3, 8, 8)
-    kw = dict(steps=6, step_size=0.05, noise=0.0, seed=secrets.randbits(40))
+    kw = dict(steps=6, step_size=0.05, noise=0.0, seed=secrets.randbits(40), clamp=(0.0, 1.0))
     got = ef.sample(expr, x0, backend=backend_or_skip(backend), **kw)
     want = released_loop(expr, x0, **kw)
     assert not torch.equal(want, x0.clamp(0, 1))  # the chain moved
@@ -131,7 +131,7 @@ def test_noisy_chain_with_schedules_equals_released_loop(order, backend):
     sigma = [0.02 / (1 + i) for i in range(steps)]
     seed = secrets.randbits(60)
     got = ef.sample(expr, x0, steps=steps, step_size=eta, noise=torch.tensor(sigma), seed=seed, order=order,
-                    backend=backend_or_skip(backend))
+                    backend=backend_or_skip(backend), clamp=(0.0, 1.0))
     want = released_loop(expr, x0, steps=steps, step_size=eta, noise=sigma, seed=seed, order=order)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     # the last step adds no noise (noise_first): the output lies in the clamp range
@@ -144,7 +144,7 @@ def test_noisy_chain_with_schedules_equals_released_loop(order, backend):
 def test_grouping_and_memory_format_agree(grouping, memory_format):
     expr = conv_expressions()["and"]
     x0 = torch.rand(3, 3, 8, 8)
-    kw = dict(steps=4, step_size=0.05, noise=0.01, seed=7)
+    kw = dict(steps=4, step_size=0.05, noise=0.01, seed=7, clamp=(0.0, 1.0))
     got, info = ef.sample(expr, x0, grouping=grouping, memory_format=memory_format, return_info=True, **kw)
     nhwc = memory_format != "contiguous"  # auto: a conv model on the CPU gets NHWC inputs
     assert info.grouping == [([0, 1, 2], grouping + ("+channels_last" if nhwc else ""))]
@@ -156,7 +156,7 @@ def test_threads_give_the_same_chain(name):
     """Leaves on plain models compute the same numbers in any thread: the chains are equal."""
     expr = conv_expressions()[name]
     x0 = torch.rand(3, 3, 8, 8)
-    chain = dict(steps=4, step_size=0.05, noise=0.01, seed=secrets.randbits(40))
+    chain = dict(steps=4, step_size=0.05, noise=0.01, seed=secrets.randbits(40), clamp=(0.0, 1.0))
     one, info1 = ef.sample(expr, x0, workers=1, grouping="per_leaf", return_info=True, **chain)
     two, info2 = ef.sample(expr, x0, workers=2, grouping="per_leaf", return_info=True, **chain)
     assert (info1.workers, info2.workers) == (1, 2)
@@ -356,7 +356,7 @@ def test_batchnorm_in_train_mode_runs_per_leaf_with_one_warning():
     cm = lambda x, c: model(x * (1 + c.sum(1)[:, None, None, None]))  # noqa: E731
     a, b = ef.Concept(cm, torch.tensor([0.1])), ef.Concept(cm, torch.tensor([0.2]))
     x0 = torch.rand(4, 3, 8, 8)
-    kw = dict(steps=2, step_size=0.05, noise=0.0, seed=1)
+    kw = dict(steps=2, step_size=0.05, noise=0.0, seed=1, clamp=(0.0, 1.0))
     with pytest.warns(RuntimeWarning, match="BatchNorm in training mode") as rec:
         x, info = ef.sample(a & b, x0, return_info=True, **kw)
     assert len(rec) == 1 and info.grouping == [([0, 1], "per_leaf+channels_last")]
@@ -471,6 +471,13 @@ def _bad_cases():
         ((a, x0), {**ok, "on_nonfinite": "ignore"}, ValueError, "on_nonfinite"),
         ((a, x0), {**ok, "on_nonfinite": "reinit", "clamp": None}, ValueError, "needs fresh states"),
         ((a, x0), {**ok, "seed": 2**64}, ValueError, "64 bits"),
+        # -1 would be the Philox key 2**64 - 1 without a word: refused, as ops.langevin_step refuses it
+        ((a, x0), {**ok, "seed": -1}, ValueError, r"seed must be in \[0, 2\*\*64\)"),
+        ((a, x0), {**ok, "seed": -2**63}, ValueError, r"seed must be in \[0, 2\*\*64\)"),
+        ((a, x0), {**ok, "noise": None}, TypeError, "noise must be a number, a schedule"),
+        ((a, x0), {**ok, "differentiable": -1}, ValueError, "differentiable must be >= 0"),
+        ((a, x0), {"steps": 2, "step_size": 0.1, "method": "mala", "differentiable": 1}, ValueError,
+         "options of the unadjusted method='ula'"),
         ((a, x0), {**ok, "grouping": "smart"}, ValueError, "grouping must be"),
         ((a, x0), {**ok, "autocast": torch.float64}, ValueError, "autocast"),
         ((a, x0), {**ok, "workers": 0}, ValueError, "workers must be None"),
@@ -589,6 +596,19 @@ def test_graph_cache_hits_reuses_in_place_weights_and_recaptures_reallocated(fak
     # a different expression structure misses too
     ef.sample(a | b, x0, graph=True, **kw)
     assert graphs.cache_info()["captures"] == 3
+
+
+def test_graph_cache_tells_columns_apart(fake_graphs):
+    """Concept(m, column=j) leaves differ only in the column they read: a cached chain of column 0 must
+    not serve column 1."""
+    net = nn.Sequential(nn.Flatten(1), nn.Linear(6, 2))
+    x0 = torch.rand(3, 2, 3)
+    kw = dict(steps=4, step_size=0.2, noise=0.01, seed=secrets.randbits(40))
+    for j in (0, 1):
+        got, info = ef.sample(ef.Concept(net, column=j), x0, graph=True, return_info=True, **kw)
+        assert info.graph == "captured"
+        torch.testing.assert_close(got, ef.sample(ef.Concept(net, column=j), x0, graph=False, **kw), **dict(
+            zip(("rtol", "atol"), TOL[torch.float32])))
 
 
 def test_graph_capture_failure_falls_back_with_one_warning(fake_graphs, monkeypatch):

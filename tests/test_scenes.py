@@ -1,4 +1,4 @@
-"""Tests for the MuJoCo Scenes dataset (ebm_fast.data.scenes / numpy_render).
+"""Tests for the MuJoCo Scenes dataset (ebm_fast.paper.scenes / numpy_render).
 
 Everything except ``test_mujoco_*`` uses the NumPy renderer, so no GL is needed;
 the MuJoCo tests skip cleanly when no offscreen renderer can be created.
@@ -12,7 +12,8 @@ import warnings
 import numpy as np
 import pytest
 
-from ebm_fast.data import scenes as S
+from ebm_fast.cli.data_scenes import main as data_scenes
+from ebm_fast.paper import scenes as S
 
 RNG = np.random.default_rng()
 
@@ -303,7 +304,7 @@ def test_image_grid_layout():
 
 def test_cli_writes_npz_and_preview(tmp_path, capsys):
     out = tmp_path / "scenes.npz"
-    rc = S.cli_main(["--n", "9", "--res", "32", "--out", str(out), "--renderer", "numpy", "--seed", "5",
+    rc = data_scenes(["--n", "9", "--res", "32", "--out", str(out), "--renderer", "numpy", "--seed", "5",
                      "--colors", "purple", "--shapes", "box", "--distractors", "1", "--no-progress"])
     assert rc == 0
     assert "images/s" in capsys.readouterr().out
@@ -315,7 +316,7 @@ def test_cli_writes_npz_and_preview(tmp_path, capsys):
 
 
 def test_cli_reports_bad_arguments(tmp_path, capsys):
-    rc = S.cli_main(["--n", "3", "--out", str(tmp_path / "x.npz"), "--colors", "magenta", "--renderer", "numpy"])
+    rc = data_scenes(["--n", "3", "--out", str(tmp_path / "x.npz"), "--colors", "magenta", "--renderer", "numpy"])
     assert rc == 2
     assert "magenta" in capsys.readouterr().err
     assert not (tmp_path / "x.npz").exists()

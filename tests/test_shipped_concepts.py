@@ -1,4 +1,4 @@
-"""The concept models shipped in ebm_fast/assets/concepts: present, small, trained with the recorded
+"""The concept models shipped in ebm_fast/paper/assets/concepts: present, small, trained with the recorded
 recipe, and reading their condition on scenes they never saw (fresh labels, NumPy renderer, so no GL)."""
 
 from __future__ import annotations
@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from ebm_fast.concepts import concept_paths, default_concepts_dir, encode_conditions, generation_caveat, load_concepts
-from ebm_fast.data import scenes as S
-from ebm_fast.demo_concepts import ATTRIBUTES, concepts_present
-from ebm_fast.sample_cli import chain_settings_of, from_noise_steps, generation_chain
+from ebm_fast.paper.concepts import concept_paths, default_concepts_dir, encode_conditions, generation_caveat, load_concepts
+from ebm_fast.paper import scenes as S
+from ebm_fast.paper.demo_concepts import ATTRIBUTES, concepts_present
+from ebm_fast.chains import chain_settings_of, from_noise_steps, generation_chain
 
 N = 64
 SHIPPED = (*ATTRIBUTES, "shape", "size")  # the demo composes position and colour; shape and size are shipped too
@@ -65,8 +65,8 @@ def test_the_printed_training_command_remakes_each_shipped_file_and_its_chain():
     import dataclasses
     import shlex
 
-    from ebm_fast.concepts import train_command
-    from ebm_fast.train import TrainConfig, config_from_args
+    from ebm_fast.paper.concepts import train_command
+    from ebm_fast.training import TrainConfig, config_from_args
 
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     for attribute, (_, meta) in load_concepts(attributes=SHIPPED).items():
@@ -77,7 +77,7 @@ def test_the_printed_training_command_remakes_each_shipped_file_and_its_chain():
         for argv, member in zip(trains, members):
             cfg, recorded = config_from_args(argv), member["meta"]["train_config"]
             assert cfg.cond == attribute
-            # a field an older run did not record yet had its default (cond_reg before session 6)
+            # a field a model file does not record had its default when the model was trained (e.g. cond_reg)
             expected = {f: recorded.get(f, defaults[f]) for f in RECIPE_FIELDS}
             expected = {f: tuple(v) if isinstance(v, list) else v for f, v in expected.items()}
             assert {f: getattr(cfg, f) for f in RECIPE_FIELDS} == {**expected, **LAST_STAGE_CHANGES.get(attribute, {})}
@@ -95,7 +95,7 @@ def test_the_printed_training_command_remakes_each_shipped_file_and_its_chain():
 
 
 def test_override_flags_replaces_in_place_and_appends_new_options():
-    from ebm_fast.concepts import override_flags
+    from ebm_fast.paper.concepts import override_flags
 
     assert override_flags("--a 1 --flag --b 2", "--b 3 --c 4 --other") == "--a 1 --flag --b 3 --c 4 --other"
     assert override_flags("--a 1", "") == "--a 1"
@@ -142,7 +142,7 @@ def test_shipped_concepts_read_their_condition_on_fresh_scenes():
 
 
 def test_sampling_a_shape_prints_the_caveat(tmp_path, capsys):
-    from ebm_fast.sample_cli import sample_cli_main
+    from ebm_fast.cli.sample import main as sample_cli_main
 
     assert sample_cli_main(["shape=sphere & color=red", "--n", "2", "--steps", "1", "--threads", "1",
                             "--out", str(tmp_path / "g.png")]) == 0

@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from ebm_fast.checkpoint import load_checkpoint_file
-from ebm_fast.train import ConditionalData, TrainConfig, Trainer, cli_main, config_from_args, load_data, synthetic_data
+from ebm_fast.cli.train import main as cli_main
+from ebm_fast.training import ConditionalData, TrainConfig, Trainer, config_from_args, load_data, synthetic_data
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -149,7 +150,7 @@ def test_kill_and_resume_through_the_cli_is_bit_exact(tmp_path, capsys):
     assert '"step": 10' in capsys.readouterr().out
 
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen([sys.executable, "-m", "ebm_fast.train", *_cli_args(tmp_path / "b", npz, 10)],
+    proc = subprocess.Popen([sys.executable, "-m", "ebm_fast.cli", "train", *_cli_args(tmp_path / "b", npz, 10)],
                             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     log = tmp_path / "b" / "log.jsonl"
     deadline = time.monotonic() + 120
@@ -174,6 +175,29 @@ def test_kill_and_resume_through_the_cli_is_bit_exact(tmp_path, capsys):
     b = load_checkpoint_file(tmp_path / "b" / "ckpt" / "last.pt")
     for key in ("model", "ema", "optimizer", "ranks"):
         _assert_bit_identical(a[key], b[key], key)
+
+
+def test_resume_skips_a_valid_non_training_last_pt_and_cleans_orphans(tmp_path, capsys):
+    """A model file copied over ckpt/last.pt is a valid checkpoint file but no training state: resume falls
+    back to prev.pt with one warning (the run reads its checkpoint twice: config, then state) instead of a
+    KeyError; a checkpoint-sized temporary left by a kill during a save is removed at the start."""
+    import shutil
+
+    npz = tmp_path / "data.npz"
+    _write_npz(npz)
+    run = tmp_path / "r"
+    assert cli_main(_cli_args(run, npz, 4)) == 0  # checkpoints at steps 2 and 4
+    shutil.copy(run / "model.pt", run / "ckpt" / "last.pt")
+    orphan = run / "ckpt" / ".last.pt.k1ll.tmp"
+    orphan.write_bytes(os.urandom(1 << 16))
+    capsys.readouterr()
+    with pytest.warns(RuntimeWarning) as record:
+        assert cli_main(_cli_args(run, npz, 6, "--resume")) == 0
+    fallbacks = [w for w in record if "previous good checkpoint" in str(w.message)]
+    assert len(fallbacks) == 1 and "not a training checkpoint" in str(fallbacks[0].message), record
+    assert '"step": 6' in capsys.readouterr().out
+    assert not orphan.exists()
+    assert load_checkpoint_file(run / "ckpt" / "last.pt")["step"] == 6
 
 
 def test_npz_data_and_cli_config(tmp_path):
@@ -231,16 +255,17 @@ def test_conditioning_is_learned(tmp_path):
     assert excess > 0.1, f"seed {seed}: own-colour excess {excess:.3f} (data 0.200)"
 
 
-def test_export_model_from_a_checkpoint_without_training(tmp_path, capsys):
-    """--export-model writes the checkpoint's EMA weights as a loadable model and trains nothing."""
+def test_export_command_writes_the_checkpoint_model_without_training(tmp_path, capsys):
+    """``ebm-fast export RUN PATH`` writes the checkpoint's EMA weights as a loadable model and trains nothing."""
+    from ebm_fast.cli.export import main as export
     from ebm_fast.models import load_model
 
     npz = tmp_path / "data.npz"
     _write_npz(npz)
     assert cli_main(_cli_args(tmp_path / "r", npz, 4)) == 0
     ckpt = load_checkpoint_file(tmp_path / "r" / "ckpt" / "last.pt")
-    assert cli_main(["--out", str(tmp_path / "none"), "--export-model", str(tmp_path / "x.pt")]) == 2
-    assert cli_main(["--out", str(tmp_path / "r"), "--export-model", str(tmp_path / "m.pt")]) == 0
+    assert export([str(tmp_path / "none"), str(tmp_path / "x.pt")]) == 2
+    assert export([str(tmp_path / "r"), str(tmp_path / "m.pt")]) == 0
     assert "step 4" in capsys.readouterr().out
     model, meta = load_model(tmp_path / "m.pt")
     assert meta["step"] == 4
@@ -284,7 +309,7 @@ def test_condition_accuracy_is_a_brute_force_pairwise_count_and_touches_nothing(
 def test_roughness_is_the_mean_deviation_from_the_local_mean_and_is_logged(tmp_path):
     """roughness against a brute-force 3x3 neighbourhood loop (edges average their in-image neighbours);
     uniform noise scores ~0.23 and a constant image ~0 (float32 rounding); both sides are logged."""
-    from ebm_fast.train import roughness
+    from ebm_fast.training import roughness
 
     gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1,))))
     x = torch.rand(2, 3, 5, 6, generator=gen, dtype=torch.float64)
@@ -619,7 +644,7 @@ def test_the_concept_recipe_parses_into_the_documented_config(tmp_path):
     coordinate channels and near-miss wrong positions; all sample with step 10; the flags parse through `ebm-fast train`'s parser."""
     import shlex
 
-    from ebm_fast.concepts import recipe_flags
+    from ebm_fast.paper.concepts import recipe_flags
 
     for attribute, coords in (("position", True), ("pos", True), ("color", False), ("shape", False)):
         cfg = config_from_args(["--out", str(tmp_path / attribute), "--cond", attribute,

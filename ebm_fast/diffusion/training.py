@@ -1,0 +1,245 @@
+"""Denoising score matching (DSM) for energy-parameterized diffusion models.
+
+Loss (epsilon weighting, Ho et al. 2020 written for an energy): for data ``x_0``, a level ``t``
+uniform in ``1..T``, ``eps ~ N(0, I)`` and ``x_t = alpha_t x_0 + sigma_t eps``::
+
+    L = mean over batch and elements of (sigma_t grad_x E(x_t, t, c) - eps)^2
+
+Its minimiser has ``-grad_x E(x, t, c) = E[-eps | x_t = x, c] / sigma_t = grad_x log p_t(x | c)``
+(Vincent 2011), the score of the noised data at level ``t``. Each iteration costs one forward, the
+input-gradient backward (with ``create_graph``) and the backward of that through the parameters.
+
+:class:`DSMTrainer` runs Adam with an exponential moving average (EMA) of the weights, drops each
+condition attribute independently (so the same network learns the unconditional energy), writes
+crash-proof checkpoints (:class:`ebm_fast.checkpoint.CheckpointManager`) on a wall-clock period and
+resumes from them exactly: every random draw (batch indices, levels, noise, condition dropout)
+comes from one ``torch.Generator`` whose state is checkpointed, so on the same machine and thread
+count a resumed run computes the same numbers as an uninterrupted one.
+
+The data is generic: images ``(N, C, H, W)`` (uint8 0..255, or floats already in the model's
+``[-1, 1]`` range) and packed conditions ``(N, width)`` (see :class:`CondSpec`); nothing here
+knows about any dataset.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..checkpoint import CheckpointManager, atomic_torch_save, load_checkpoint_file
+from .network import CondSpec, EnergyMLP, EnergyUNet
+from .schedule import VPSchedule
+
+__all__ = ["dsm_loss", "DSMTrainer", "export_model", "load_model", "build_model", "EXPORT_FORMAT"]
+
+EXPORT_FORMAT = "ebm_fast.diffusion_model"
+
+
+def dsm_loss(model: nn.Module, x0: Tensor, cond: Tensor | None, t: Tensor, eps: Tensor,
+             create_graph: bool = True) -> Tensor:
+    """The DSM loss (module docstring) of ``model(x, cond, t) -> energies (B,)`` on ``x0`` ``(B, ...)``
+    at levels ``t`` ``(B,)`` with noise ``eps`` (``x0``'s shape). Differentiable in the parameters
+    when ``create_graph``."""
+    if eps.shape != x0.shape:
+        raise ValueError(f"eps: expected x0's shape {tuple(x0.shape)}, got {tuple(eps.shape)}")
+    if t.shape != (x0.shape[0],):
+        raise ValueError(f"t: expected shape ({x0.shape[0]},), got {tuple(t.shape)}")
+    schedule = model.schedule
+    xt = schedule.add_noise(x0, t, eps).detach().requires_grad_(True)
+    energy = model(xt, cond, t)
+    (grad,) = torch.autograd.grad(energy.sum(), xt, create_graph=create_graph)
+    sigma = schedule.sigma(t, x0.dtype).to(x0.device).view(-1, *([1] * (x0.dim() - 1)))
+    return (sigma * grad - eps).pow(2).mean()
+
+
+def build_model(spec: dict) -> nn.Module:
+    """The network a :meth:`EnergyUNet.spec` dict describes (weights untrained)."""
+    kinds = {"EnergyUNet": EnergyUNet, "EnergyMLP": EnergyMLP}
+    if spec.get("kind") not in kinds:
+        raise ValueError(f"model spec: expected kind in {sorted(kinds)}, got {spec.get('kind')!r}")
+    cfg = {k: (tuple(v) if isinstance(v, list) else v) for k, v in spec.items()
+           if k not in ("kind", "schedule", "cond_spec")}
+    return kinds[spec["kind"]](VPSchedule(**spec["schedule"]), CondSpec.from_dict(spec["cond_spec"]), **cfg)
+
+
+def export_model(model: nn.Module, path: str | os.PathLike, meta: dict | None = None) -> Path:
+    """Write ``model`` (spec + weights + ``meta`` primitives) atomically to ``path``."""
+    return atomic_torch_save({"format": EXPORT_FORMAT, "spec": model.spec(), "state_dict": model.state_dict(),
+                              "meta": dict(meta or {})}, path)
+
+
+def load_model(path: str | os.PathLike, map_location="cpu") -> tuple[nn.Module, dict]:
+    """``(model, meta)`` from a file :func:`export_model` (or :meth:`DSMTrainer.export`) wrote; the
+    model is in eval mode with gradients off for its parameters."""
+    state = load_checkpoint_file(path, map_location=map_location)
+    if state.get("format") != EXPORT_FORMAT:
+        raise ValueError(f"{path}: expected an exported diffusion model ({EXPORT_FORMAT}), got format "
+                         f"{state.get('format')!r}")
+    model = build_model(state["spec"])
+    model.load_state_dict(state["state_dict"])
+    model.eval().requires_grad_(False)
+    return model, state.get("meta", {})
+
+
+def _as_model_images(images: Tensor) -> Tensor:
+    return images.float().div(127.5).sub(1.0) if images.dtype == torch.uint8 else images.float()
+
+
+class DSMTrainer:
+    """Train an energy network by DSM on in-memory data.
+
+    Args:
+        model: e.g. :class:`EnergyUNet` (has ``schedule`` and ``cond_spec``; ``forward(x, cond, t)``).
+        images: ``(N, C, H, W)`` uint8 or float in [-1, 1] (or any ``(N, ...)`` float data).
+        conds: ``(N, width)`` packed conditions, or None for an unconditional model.
+        out: run folder (``ckpt/last.pt``, ``ckpt/prev.pt``, ``ema.pt`` exports).
+        batch_size, lr: Adam's batch and learning rate (defaults 32, 2e-4; betas (0.9, 0.999)).
+        ema: EMA decay (default 0.999), warmed up as ``min(ema, (1 + step) / (10 + step))``.
+        drop: per-attribute probability of dropping a condition (one number or one per attribute).
+        grad_clip: max global gradient norm (default 1.0), or None.
+        seed: seeds the generator that draws every batch, level, noise and dropout.
+        checkpoint_seconds: wall-clock period of checkpoints (default 300).
+        export_every: write the EMA model to ``out/ema.pt`` every this many iterations (0: only at
+            the end and at checkpoints).
+        log_every: iterations between progress lines on ``log`` (default 50).
+        meta: primitives stored with every export (data description, attribute scalings...).
+    """
+
+    def __init__(self, model: nn.Module, images: Tensor, conds: Tensor | None, out: str | os.PathLike, *,
+                 batch_size: int = 32, lr: float = 2e-4, ema: float = 0.999, drop: float | Sequence[float] = 0.1,
+                 grad_clip: float | None = 1.0, seed: int = 0, checkpoint_seconds: float = 300.0,
+                 export_every: int = 0, log_every: int = 50, meta: dict | None = None, log=None):
+        if images.dim() < 2:
+            raise ValueError(f"images: expected (N, ...) data (images (N, C, H, W) or vectors (N, D)), got shape "
+                             f"{tuple(images.shape)}")
+        width = model.cond_spec.width
+        if conds is None and width:
+            raise ValueError(f"conds: the model is conditioned on {list(model.cond_spec.names)}; pass (N, {width}) "
+                             f"packed conditions")
+        if conds is not None and conds.shape != (images.shape[0], width):
+            raise ValueError(f"conds: expected shape ({images.shape[0]}, {width}), got {tuple(conds.shape)}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size: expected an integer >= 1, got {batch_size!r}")
+        if not 0.0 <= ema < 1.0:
+            raise ValueError(f"ema: expected a decay in [0, 1), got {ema!r}")
+        self.model = model
+        self.images = images
+        self.conds = conds
+        self.out = Path(out)
+        self.batch_size = batch_size
+        self.ema_decay = float(ema)
+        self.drop = drop
+        self.grad_clip = grad_clip
+        self.checkpoint_seconds = float(checkpoint_seconds)
+        self.export_every = int(export_every)
+        self.log_every = int(log_every)
+        self.meta = dict(meta or {})
+        self.log = log or sys.stdout
+        self.opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.999))
+        self.ema = copy.deepcopy(model).eval().requires_grad_(False)
+        self.generator = torch.Generator().manual_seed(int(seed))
+        self.step = 0
+        self.ckpt = CheckpointManager(self.out / "ckpt")
+
+    # ---- one iteration ---------------------------------------------------------------------
+    def draw(self) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
+        """The next batch ``(x0, cond, t, eps)`` from the trainer's generator."""
+        g = self.generator
+        idx = torch.randint(0, self.images.shape[0], (self.batch_size,), generator=g)
+        x0 = _as_model_images(self.images[idx])
+        t = torch.randint(1, self.model.schedule.T + 1, (self.batch_size,), generator=g)
+        eps = torch.randn(x0.shape, generator=g)
+        cond = None
+        if self.conds is not None:
+            cond = self.model.cond_spec.drop(self.conds[idx].float(), self.drop, generator=g)
+        return x0, cond, t, eps
+
+    def train_step(self) -> float:
+        self.model.train()
+        x0, cond, t, eps = self.draw()
+        loss = dsm_loss(self.model, x0, cond, t, eps)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.grad_clip is not None:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.opt.step()
+        self.step += 1
+        decay = min(self.ema_decay, (1 + self.step) / (10 + self.step))
+        with torch.no_grad():
+            for pe, p in zip(self.ema.parameters(), self.model.parameters()):
+                pe.lerp_(p, 1 - decay)
+        return float(loss.detach())
+
+    # ---- state ---------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"step": self.step, "model": self.model.state_dict(), "ema": self.ema.state_dict(),
+                "opt": self.opt.state_dict(), "generator": self.generator.get_state(), "spec": self.model.spec(),
+                "meta": self.meta}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("spec") != self.model.spec():
+            raise ValueError(f"checkpoint: its model spec {state.get('spec')} differs from this run's "
+                             f"{self.model.spec()}")
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.opt.load_state_dict(state["opt"])
+        self.generator.set_state(state["generator"])
+        self.step = int(state["step"])
+
+    def save_checkpoint(self) -> Path:
+        return self.ckpt.save(self.state_dict())
+
+    def resume(self) -> bool:
+        """Load the newest good checkpoint of ``out``; False when there is none."""
+        found = self.ckpt.load_latest()
+        if found is None:
+            return False
+        self.load_state_dict(found[0])
+        return True
+
+    def export(self, path: str | os.PathLike | None = None) -> Path:
+        """Write the EMA model (default ``out/ema.pt``) for :func:`load_model`."""
+        return export_model(self.ema, path or self.out / "ema.pt", {**self.meta, "step": self.step})
+
+    # ---- loop ------------------------------------------------------------------------------------
+    def train(self, iterations: int, max_seconds: float | None = None, should_stop=None) -> dict:
+        """Run until ``step == iterations`` (or ``max_seconds`` pass, or ``should_stop()`` turns
+        true after an iteration), checkpointing on the way and at the end.
+        Returns ``{"step", "loss", "seconds"}``."""
+        last_ckpt = t_log = time.monotonic()
+        start = time.monotonic()
+        losses: list[float] = []
+        step_log = self.step
+        loss = float("nan")
+        while self.step < iterations:
+            loss = self.train_step()
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"DSM loss became {loss} at step {self.step}")
+            losses.append(loss)
+            now = time.monotonic()
+            if self.log_every and self.step % self.log_every == 0:
+                rate = (self.step - step_log) / max(now - t_log, 1e-9)
+                print(f"step {self.step} loss {sum(losses) / len(losses):.5f} it/s {rate:.3f} "
+                      f"elapsed_min {(now - start) / 60:.1f}", file=self.log, flush=True)
+                losses, t_log, step_log = [], now, self.step
+            if self.export_every and self.step % self.export_every == 0:
+                self.export()
+            if now - last_ckpt >= self.checkpoint_seconds:
+                self.save_checkpoint()
+                self.export()
+                print(f"checkpoint step {self.step}", file=self.log, flush=True)
+                last_ckpt = time.monotonic()
+            if (max_seconds is not None and now - start >= max_seconds) or (should_stop and should_stop()):
+                break
+        self.save_checkpoint()
+        self.export()
+        elapsed = time.monotonic() - start
+        return {"step": self.step, "loss": loss, "seconds": elapsed}
