@@ -222,7 +222,7 @@ void bind_mcmc(py::module_& m) {
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "ebm_fast._C: the fused Langevin step (SPEC §3) in C++/OpenMP and CUDA; see ebm_fast/_native.py";
+  m.doc() = "ebm_fast._C: the fused Langevin step (docs/contract.md §3) in C++/OpenMP and CUDA; see ebm_fast._native";
   export_constants(m);
   bind_langevin_step(m);
   bind_mcmc(m);

@@ -1,4 +1,4 @@
-// The fused Langevin step (SPEC §3): its argument struct, the constants the Python side shares, and
+// The fused Langevin step (docs/contract.md §3): its argument struct, the constants the Python side shares, and
 // the entry points of the CPU and CUDA kernels.
 //
 // StepArgs is the whole native interface of the op: ext.cpp binds it once to Python (ebm_fast._C.StepArgs,
@@ -41,9 +41,9 @@ struct StepArgs {
   float step_size = 0.0f;
   const float* noise_ptr = nullptr;      // sigma
   float noise = 0.0f;
-  const int64_t* seed_ptr = nullptr;     // the Philox key's 64 bits (SPEC §4)
+  const int64_t* seed_ptr = nullptr;     // the Philox key's 64 bits (docs/contract.md §4)
   uint64_t seed = 0;
-  const int64_t* step_ptr = nullptr;     // the Philox counter's step (SPEC §4), >= 0
+  const int64_t* step_ptr = nullptr;     // the Philox counter's step (docs/contract.md §4), >= 0
   int64_t step = 0;
   // ---- fixed over a chain ----
   int order = ORDER_ULA;  // Order

@@ -1,4 +1,4 @@
-// The fused Langevin step (SPEC §3) on the CPU: OpenMP over (sample, block of D), vectorised
+// The fused Langevin step (docs/contract.md §3) on the CPU: OpenMP over (sample, block of D), vectorised
 // inner loops. Per call:
 //   1. per group of LANES samples: leaf weights w[b, :] and the root energy from the program table;
 //   2. per block of up to BLOCK elements of one row: the Philox normals of the block (4 per Philox

@@ -1,4 +1,4 @@
-// Device code of the fused Langevin step (SPEC §3); the host launcher is langevin_step_cuda.cu.
+// Device code of the fused Langevin step (docs/contract.md §3); the host launcher is langevin_step_cuda.cu.
 //
 // Grid: one block per (block of `rows` samples, chunk of 4*tx elements of D), blockDim = (tx, rows)
 // with tx * rows = THREADS; tx is the smallest power of two with 4*tx >= D, capped at THREADS, so

@@ -4,8 +4,8 @@ Training objectives such as improved contrastive divergence (Du et al. 2021) bac
 the sampler's final step: its KL term differentiates ``E(x_K)`` where ``x_K = x_{K-1} - eta grad
 E_theta(x_{K-1})`` depends on the parameters ``theta`` through the gradient. The fused step computes
 no parameter gradient and keeps no graph, so :func:`ebm_fast.sample` runs the first ``K - n`` updates
-fused and hands the state to :func:`autograd_steps` for the last ``n``: the same update (SPEC §3,
-the same noise ``xi(seed, s)`` of SPEC §4, the same schedule entries), with the composed gradient
+fused and hands the state to :func:`autograd_steps` for the last ``n``: the same update (docs/contract.md §3,
+the same noise ``xi(seed, s)`` of §4, the same schedule entries), with the composed gradient
 taken by ``torch.autograd.grad(..., create_graph=True)`` on the models as the caller left them
 (parameters keep their ``requires_grad``). The result is the chain's state with a graph back to the
 parameters and to the state at update ``K - n``; backpropagating through it costs what ``n``

@@ -26,7 +26,8 @@ DEFAULT_NOT_ALPHA = 0.01  # the paper's value; the released code uses 0.001
 # shipped position concept's energies under two targets differ by ~0.08 either way, so at T = 1 the branch
 # weights softmax(-E_j / T) start near 1/2, the chain follows the average gradient and draws BOTH
 # objects; at the released code's 0.01 it commits to one (Disj(Position 1, Position 2), 1000
-# samples: 0.879 of samples at a position against 0.455 at T = 1; docs/sampling.md).
+# samples: 0.879 of samples at a position against 0.455 at T = 1; docs/composition.md, "Disjunction
+# temperature").
 DEFAULT_SAMPLE_TEMPERATURE = 0.01
 
 
@@ -400,8 +401,8 @@ def balance_disjunctions(expr: Expr, x: Tensor, settle: Callable[[Expr, Tensor],
     example by a short chain of the term alone (what the sampling tools do). Terms that differ by a
     constant then get equal mixture weights; the caller's ``log_weights`` still apply on top.
     Without ``settle`` the energies are taken at ``x`` itself. ``strength`` scales the correction
-    (0: none, 1: the whole gap; docs/sampling.md has what fractions of it did on the paper's
-    disjunction). Nested disjunctions are balanced too.
+    (0: none, 1: the whole gap; docs/composition.md, "Balancing the terms", has what fractions of it
+    did on the paper's disjunction). Nested disjunctions are balanced too.
     Nodes above a disjunction are copied, subtrees without one are returned as they are, and
     ``expr`` is not modified.
 

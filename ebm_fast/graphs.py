@@ -6,7 +6,7 @@ the leaves' forward, the input-gradient backward, the fused step and the counter
 ``torch.cuda.CUDAGraph`` and replays it ``K // S`` times (plus one graph of ``K mod S`` steps when
 ``S`` does not divide ``K``). Everything a replay reads lives in static device buffers owned by the
 cached chain: the state, the conditions, the step-size/noise window, the RNG seed and a step counter
-that the graph itself advances, so every replay draws fresh noise (SPEC §4) without a host sync.
+that the graph itself advances, so every replay draws fresh noise (docs/contract.md §4) without a host sync.
 
 Cache. A captured chain is reused by later calls whose *key* matches: the expression's program
 table, every leaf's model fingerprint (:func:`ebm_fast.leaf_eval.inspect_model`), the storage of

@@ -1,19 +1,19 @@
 """Leaf energies and input-gradients of a composed expression: ``E`` ``[N, B]`` and ``G`` ``[N, B, ...]``.
 
-The fused step (SPEC §3) needs, for every leaf ``i`` of ``expr.leaves()``, the energy ``E_i(x)`` and
+The fused step (docs/contract.md §3) needs, for every leaf ``i`` of ``expr.leaves()``, the energy ``E_i(x)`` and
 its input-gradient ``grad_x E_i(x)``. Leaves that share one model form a *group* (same model object,
 conditions of one shape and dtype); a group is evaluated in one of two ways:
 
 * **batched**: one forward of ``n·B`` rows -- ``x`` repeated ``n`` times, leaf-major, with the ``n``
-  conditions concatenated in the same order -- and one input-gradient backward (SPEC §2);
+  conditions concatenated in the same order -- and one input-gradient backward (docs/contract.md §2);
 * **per leaf**: ``n`` forwards of ``B`` rows on ``n`` autograd views of ``x`` and one backward call
   over the ``n`` disjoint graphs.
 
 Both give the same numbers up to floating-point reassociation. ``grouping="auto"`` batches on CUDA
 (one launch per layer instead of ``n``: launch-bound at the sizes of the paper) and runs per leaf on
-the CPU, where the larger batched pass is slower (docs/sampling.md: the ``small32`` conditional
-ResNet, three concepts, one thread, K = 5: 629 ms per leaf against 761 ms batched at 32x32, B = 32;
-1122 against 1340 ms at 64x64, B = 16). A model whose output couples the samples of a batch
+the CPU, where the larger batched pass is slower (the ``small32`` conditional ResNet, three
+concepts, one thread, K = 5: 629 ms per leaf against 761 ms batched at 32x32, B = 32; 1122 against
+1340 ms at 64x64, B = 16; docs/sampling.md, "Leaves that share a model"). A model whose output couples the samples of a batch
 (BatchNorm in training mode, or BatchNorm without running statistics) always runs per leaf: batching
 would change its energies. BatchNorm in training mode also updates its running statistics on every
 step of a chain; either is warned about once per model object (and listed in the chain's info).

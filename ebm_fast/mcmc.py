@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,13 +39,14 @@ import torch
 from torch import Tensor
 
 from . import graphs, ops
+from .chain_setup import check_int, graph_key, graph_plan, graphed_chain, replay_lengths
 from .compose import Expr
 from .leaf_eval import LeafEvaluator, frozen_parameters, inspect_model
 from .mcmc_reference import METHODS, PHASE_HMC, PHASE_HMC_FIRST, PHASE_MALA
 from .rng import draw_seed, seed_to_int64
 
-__all__ = ["sample", "refuse_ula_options", "Adapt", "MCMCInfo", "MCMCChain", "DualAveraging", "TARGET_ACCEPT",
-           "DEFAULT_LEAPFROG_STEPS"]
+__all__ = ["DEFAULT_LEAPFROG_STEPS", "TARGET_ACCEPT", "Adapt", "DualAveraging", "MCMCChain", "MCMCInfo",
+           "refuse_ula_options", "sample"]
 
 # Optimal acceptance rates for d -> infinity: MALA 0.574 (Roberts & Rosenthal 1998), HMC 0.651
 # (Beskos et al. 2013); the targets of the step-size adaptation.
@@ -307,7 +307,7 @@ def refuse_ula_options(method: str, *, noise, clamp, grad_clip, trajectory, init
         raise ValueError(f"method must be 'ula', 'mala' or 'hmc', got {method!r}")
     if clamp is not None:
         raise ValueError(f"method={method!r} does not clamp (a clamp breaks detailed balance, so the chain would not "
-                         f"sample exp(-e/T)); pass clamp=None (ebm_fast.sample's default is (0, 1)), got {clamp}")
+                         f"sample exp(-e/T)); leave clamp unset (None, the default), got {clamp}")
     if noise is not None:
         raise ValueError(f"method={method!r} takes no noise: it follows from step_size and temperature "
                          "(sqrt(2 T step_size) for MALA); leave noise unset")
@@ -349,16 +349,14 @@ def sample(expr: Expr, x0: Tensor, *, method: str, steps: int, step_size, temper
     """
     if method not in METHODS:
         raise ValueError(f"method must be 'ula', 'mala' or 'hmc', got {method!r}")
-    from .sampler import _check_int, _graph_key, _graph_plan
-
     if not isinstance(expr, Expr):
         raise TypeError(f"expr must be an ebm_fast expression (Concept, And, Or, Not, Scale), got "
                         f"{type(expr).__name__}")
     if not isinstance(x0, Tensor) or not x0.is_floating_point() or x0.dim() < 2:
         got = f"{x0.dtype} {tuple(x0.shape)}" if isinstance(x0, Tensor) else type(x0).__name__
         raise ValueError(f"x0 must be a floating Tensor of shape (B, ...) with at least 2 dimensions, got {got}")
-    steps = _check_int("steps", steps, 0)
-    graph_steps = _check_int("graph_steps", graph_steps, 1)
+    steps = check_int("steps", steps, 0)
+    graph_steps = check_int("graph_steps", graph_steps, 1)
     temperature = _positive("temperature", temperature)
     if method == "mala":
         if leapfrog_steps not in (None, 1):
@@ -367,7 +365,7 @@ def sample(expr: Expr, x0: Tensor, *, method: str, steps: int, step_size, temper
             raise ValueError("mass is an HMC option; method='mala' takes none")
         leapfrog_steps = 1
     else:
-        leapfrog_steps = _check_int("leapfrog_steps", DEFAULT_LEAPFROG_STEPS if leapfrog_steps is None
+        leapfrog_steps = check_int("leapfrog_steps", DEFAULT_LEAPFROG_STEPS if leapfrog_steps is None
                                     else leapfrog_steps, 1)
     if not (isinstance(graph, bool) or (isinstance(graph, str) and graph == "auto")):
         raise ValueError(f"graph must be 'auto', True or False, got {graph!r}")
@@ -399,7 +397,7 @@ def sample(expr: Expr, x0: Tensor, *, method: str, steps: int, step_size, temper
         if batch == 0:
             result = x0f.clone()
         else:
-            use_graph, why = _graph_plan(graph, device, steps, return_energies, modules, parts)
+            use_graph, why = graph_plan(graph, device, steps, return_energies, modules, parts)
             if not use_graph and why:
                 info.graph = f"eager: {why}"
 
@@ -410,7 +408,7 @@ def sample(expr: Expr, x0: Tensor, *, method: str, steps: int, step_size, temper
             window = max(1, min(graph_steps, steps))
             chain, replays = None, None
             if use_graph:
-                key = _graph_key(expr, leaves, parts, modules, x0, (
+                key = graph_key(expr, leaves, parts, modules, x0, (
                     "mcmc", method, leapfrog_steps, temperature, inv_mass is None, kernels[0], grouping,
                     memory_format, str(autocast), repr(sorted(compile.items())) if isinstance(compile, dict)
                     else compile, window))
@@ -432,7 +430,7 @@ def sample(expr: Expr, x0: Tensor, *, method: str, steps: int, step_size, temper
             chain.accept_sum.zero_()
             chain.set_step(warmup + 1)
             if replays is not None:
-                for n in _chunks(steps, window):
+                for n in replay_lengths(steps, window):
                     replays[n]()
             else:
                 for k in range(steps):
@@ -453,39 +451,14 @@ def sample(expr: Expr, x0: Tensor, *, method: str, steps: int, step_size, temper
     return out[0] if len(out) == 1 else tuple(out)
 
 
-def _chunks(steps: int, window: int) -> list[int]:
-    """Lengths of the replays that cover ``steps`` updates: ``window`` each, then the remainder."""
-    return [window] * (steps // window) + ([steps % window] if steps % window else [])
-
-
 def _graphed_chain(key: tuple, new_chain: Callable[[bool], MCMCChain], leaves, x0: Tensor, seed: int, eps0: Tensor,
                    steps: int, window: int):
     """``(chain, replays, info.graph)``: a cached or newly captured chain (its buffers static, its seed
-    and step counter on the device), or ``(None, None, why)`` when capture fails (warned once per key)."""
-    failed = graphs.CACHE.failed(key)
-    if failed is not None:
-        return None, None, f"eager: graph capture failed before ({failed})"
-    entry = graphs.CACHE.get(key)
-    status = "replayed"
-    if entry is None:
-        entry = graphs.GraphEntry(chain=new_chain(True))
-        status = "captured"
-    chain: MCMCChain = entry.chain
-    if status == "replayed":
-        chain.evaluator.load_conditions(leaves)
-    missing = sorted(n for n in set(_chunks(steps, window)) if n not in entry.replays)
-    if not missing:
-        return chain, entry.replays, status
-    chain.load(x0, seed, eps0)  # the capture's warm-up steps need a valid state (reloaded afterwards)
-    try:
-        for n in missing:
-            entry.replays[n] = graphs.capture(lambda n=n: chain.run_steps(n), chain.step, x0.device)
-            graphs.CACHE.captures += 1
-    except Exception as exc:  # any capture failure falls back to eager; the reason is reported
-        reason = f"{type(exc).__name__}: {exc}".strip()
-        graphs.CACHE.mark_failed(key, reason)
-        warnings.warn(f"CUDA graph capture of the MCMC chain failed ({reason}); running it eagerly (shown once "
-                      "per chain configuration)", RuntimeWarning, stacklevel=4)
-        return None, None, f"eager: graph capture failed ({reason})"
-    graphs.CACHE.put(key, entry)
-    return chain, entry.replays, "captured"
+    and step counter on the device), or ``(None, None, why)`` when capture fails (warned once per key).
+    The caller loads the chain."""
+
+    def capture(chain: MCMCChain, n: int) -> Callable[[], None]:
+        chain.load(x0, seed, eps0)  # the capture's warm-up steps need a valid state
+        return graphs.capture(lambda: chain.run_steps(n), chain.step, x0.device)
+
+    return graphed_chain(key, new_chain, leaves, replay_lengths(steps, window), capture, what="MCMC", stacklevel=4)

@@ -1,6 +1,6 @@
 """``langevin_step``: the one place that validates inputs and chooses a backend for the fused step.
 
-Backends (all compute SPEC §3 with the noise of SPEC §4, within 1e-5 relative error in fp32):
+Backends (all compute the step of docs/contract.md §3 with the noise of §4, within 1e-5 relative error in fp32):
 
 ========== ===================================== ==========================================
 name       where                                 implementation
@@ -162,7 +162,7 @@ def check_scale(name: str, v) -> float:
 
 
 def check_step(v) -> int:
-    """The rule for the RNG step index given as a number: an int in ``[0, 2**63)`` (SPEC §4's counter)."""
+    """The rule for the RNG step index given as a number: an int in ``[0, 2**63)`` (docs/contract.md §4's counter)."""
     return _check_int("step", v, 2**63, ">= 0 and < 2**63")
 
 
@@ -297,7 +297,7 @@ def langevin_step(x: Tensor, grads, energies, expr: Expr, *, step_size, noise, s
                   step: int | Tensor, order: str = "ula", grad_clip: float | None = None,
                   clamp: tuple[float, float] | None = None, backend: str = "auto",
                   out: Tensor | None = None, flag: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """One fused Langevin step on a composed expression (SPEC §3).
+    """One fused Langevin step on a composed expression (docs/contract.md §3).
 
     Args:
         x: state ``[B, ...]`` (``[B, D]`` or images ``[B, C, H, W]``), float32/float16/bfloat16/float64;
@@ -309,9 +309,9 @@ def langevin_step(x: Tensor, grads, energies, expr: Expr, *, step_size, noise, s
         step_size: ``eta``: a finite number >= 0 (:func:`check_scale`), or a 1-element float32 tensor
             on x's device that the kernel reads (a schedule entry; its value is not checked).
         noise: ``sigma``; likewise.
-        seed: the Philox key of SPEC §4: an int in ``[0, 2**64)`` (:func:`check_seed`; negative seeds
+        seed: the Philox key of docs/contract.md §4: an int in ``[0, 2**64)`` (:func:`check_seed`; negative seeds
             are refused), or a 1-element int64 tensor on x's device holding the key's 64 bits.
-        step: the RNG step index of SPEC §4: an int >= 0 (:func:`check_step`), or a 1-element int64
+        step: the RNG step index of docs/contract.md §4: an int >= 0 (:func:`check_step`), or a 1-element int64
             tensor on x's device.
         order: ``"ula"`` (``x' = clamp(x - eta g + sigma xi)``) or ``"noise_first"``
             (``x' = clamp(x - eta g) + sigma xi``, the released code's order).

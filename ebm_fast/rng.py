@@ -1,4 +1,4 @@
-"""The noise of the fused step (SPEC §4), written in torch integer ops: the reference every backend matches.
+"""The noise of the fused step (docs/contract.md §4) in torch integer ops: the reference every backend matches.
 
 ``xi(seed, step, j)`` for flattened element ``j``: with ``q = j // 4`` and ``r = j % 4``,
 ``(r0, r1, r2, r3) = Philox4x32-10(key=seed as uint64, counter=(lo32 q, hi32 q, lo32 step, hi32 step))``,

@@ -10,7 +10,7 @@ A chain is three small parts:
 * the driver (:func:`_drive`) -- a Python loop, or replays of a captured CUDA graph of ``S`` steps
   (:mod:`ebm_fast.graphs`).
 
-Step indices (the ``step`` of the RNG, SPEC §4). Update ``k = 1..K`` draws ``xi(seed, k)``; index 0
+Step indices (the ``step`` of the RNG, docs/contract.md §4). Update ``k = 1..K`` draws ``xi(seed, k)``; index 0
 is the initial noise of ``noise_first``. With ``eta_i``, ``sigma_i`` the schedules' entries
 ``i = 0..K-1``:
 
@@ -19,7 +19,7 @@ is the initial noise of ``noise_first``. With ``eta_i``, ``sigma_i`` the schedul
   ``x = x + sigma_i randn; x = clamp(x - eta_i grad E(x))``): ``x_0' = x_0 + sigma_0 xi(seed, 0)``,
   then fused steps ``x_k' = clamp(x_{k-1}' - eta_{k-1} g(x_{k-1}')) + sigma_k xi(seed, k)`` with
   ``sigma_K = 0``: the released loop exactly, its iteration ``i`` drawing ``xi(seed, i)`` as noise
-  (and the chain's last step adding none, SPEC §3).
+  (and the chain's last step adding none, docs/contract.md §3).
 
 Scalars live on the host for CPU chains (Python numbers: nothing to synchronise) and in device memory
 elsewhere (``[2, S]`` window of the schedule plus an int64 counter that each step advances on the
@@ -29,7 +29,6 @@ device), so a CUDA chain never waits on the host and its steps can be captured i
 from __future__ import annotations
 
 import numbers
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -38,8 +37,9 @@ from torch import Tensor
 
 from . import graphs, ops
 from .compose import Concept, Expr, Negated
-from .leaf_eval import LeafEvaluator, couples_samples, frozen_parameters, inspect_model
+from .leaf_eval import LeafEvaluator, frozen_parameters, inspect_model
 from .autograd_tail import autograd_steps
+from .chain_setup import check_int, graph_key, graph_plan, graphed_chain, replay_lengths
 from .rng import draw_seed, normal_noise, seed_to_int64
 from .schedules import noise_from_scale, schedule_values
 
@@ -130,14 +130,6 @@ def _by_step(eta, sigma, order: str, device: torch.device, host: bool):
     eta_t = torch.cat([zero, rows[0]])
     sigma_t = torch.cat([zero, rows[1]]) if order == "ula" else torch.cat([rows[1], zero])
     return torch.stack([eta_t, sigma_t])
-
-
-def _check_int(name: str, v: Any, low: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(v).__name__}")
-    if int(v) < low:
-        raise ValueError(f"{name} must be >= {low}, got {v}")
-    return int(v)
 
 
 # ---- the chain --------------------------------------------------------------------------------
@@ -351,7 +343,7 @@ def sample(expr: Expr, x0: Tensor, *, steps: int, step_size, noise=None,
         grad_clip: element-wise clip of the composed gradient, or None.
         order: ``"noise_first"`` (default: the released code's loop, reproduced exactly; see the
             module docstring) or ``"ula"``.
-        seed: the RNG seed (SPEC §4); None draws one from torch's default generator.
+        seed: the RNG seed (docs/contract.md §4); None draws one from torch's default generator.
         backend: the fused step's backend (``"auto"``, ``"torch"``, ``"cpu"``, ``"cuda"``, ``"triton"``).
         graph: ``"auto"`` captures the chain in CUDA graphs when x0 is on a GPU and it is safe;
             True insists (ValueError when impossible); False runs eagerly. A failed capture warns
@@ -427,9 +419,9 @@ def sample(expr: Expr, x0: Tensor, *, steps: int, step_size, noise=None,
     if x0.dim() < 2:
         raise ValueError(f"x0 must have shape (B, ...) with at least 2 dimensions (use x0[:, None] for "
                          f"scalar states), got shape {tuple(x0.shape)}")
-    steps = _check_int("steps", steps, 0)
-    every = _check_int("every", every, 1)
-    graph_steps = _check_int("graph_steps", graph_steps, 1)
+    steps = check_int("steps", steps, 0)
+    every = check_int("every", every, 1)
+    graph_steps = check_int("graph_steps", graph_steps, 1)
     if not (isinstance(graph, bool) or (isinstance(graph, str) and graph == "auto")):
         raise ValueError(f"graph must be 'auto', True or False, got {graph!r}")
     if on_nonfinite not in ON_NONFINITE:
@@ -448,7 +440,7 @@ def sample(expr: Expr, x0: Tensor, *, steps: int, step_size, noise=None,
     sigma = _schedule("noise", noise, steps, device)
     if grad_norms and not return_info:
         raise ValueError("grad_norms=True records into the info: pass return_info=True too")
-    tail = _check_int("differentiable", differentiable, 0)
+    tail = check_int("differentiable", differentiable, 0)
     if tail:
         if tail > steps:
             raise ValueError(f"differentiable must be <= steps ({steps}), got {tail}")
@@ -495,17 +487,17 @@ def sample(expr: Expr, x0: Tensor, *, steps: int, step_size, noise=None,
                              window=window, order=order)
 
             chain, replays = None, None
-            use_graph, why = _graph_plan(graph, device, steps,
+            use_graph, why = graph_plan(graph, device, steps,
                                          energies is not None or traj is not None or grad_norms, modules, parts)
             host = device.type == "cpu" and not use_graph  # scalars on the host only for CPU eager chains
             sched = _by_step(eta, sigma, order, device, host=host)
             if use_graph:
-                key = _graph_key(expr, leaves, parts, modules, x0, (
+                key = graph_key(expr, leaves, parts, modules, x0, (
                     stepper.backend, stepper.order, stepper.grad_clip, stepper.clamp, grouping, memory_format,
                     str(autocast),
                     repr(sorted(compile.items())) if isinstance(compile, dict) else compile, str(state_dtype),
                     window))
-                chain, replays, info.graph = _graphed_chain(key, new_chain, leaves, x0, seed, sched, steps)
+                chain, replays, info.graph = _graphed_chain(key, new_chain, leaves, x0, seed, sched, steps, window)
                 if chain is None and "failed (" in info.graph:
                     info.warnings.append(info.graph)
             elif why:
@@ -600,86 +592,28 @@ def langevin(energy_fn: Callable[[Tensor], Tensor], x0: Tensor, *, steps: int, s
         if noise is not None:
             raise ValueError("pass noise (the noise's standard deviation) or noise_scale (TorchEBM's: "
                              "noise = noise_scale * sqrt(2 * step_size)), not both")
-        noise = noise_from_scale(noise_scale, step_size, _check_int("steps", steps, 0))
+        noise = noise_from_scale(noise_scale, step_size, check_int("steps", steps, 0))
     return sample(Concept(Negated(energy_fn) if ascent else energy_fn), x0, steps=steps, step_size=step_size,
                   noise=noise, clamp=clamp, order=order, **options)
 
 
 # ---- helpers of sample() -------------------------------------------------------------------------
-def _graph_plan(graph, device: torch.device, steps: int, diagnostics: bool, modules, parts) -> tuple[bool, str]:
-    """Whether to capture this chain, and if not, why (ValueError when graph=True is impossible)."""
-    if graph is False:
-        return False, ""
-    impossible = []
-    why_not = graphs.graph_support(device)
-    if why_not:
-        impossible.append(why_not)
-    if diagnostics:
-        impossible.append("return_energies/trajectory/grad_norms record every step, which runs eagerly")
-    if any(couples_samples(m) for m in modules):
-        impossible.append("a model has BatchNorm in training mode: the capture's warm-up steps would "
-                          "update its running statistics")
-    if graph is True:
-        if impossible:
-            raise ValueError("graph=True is impossible: " + "; ".join(impossible))
-        return True, ""
-    if impossible:
-        return False, "; ".join(impossible)
-    if steps < 2:
-        return False, "a single step is not worth a capture"
-    if not all(p.complete for p in parts):
-        return False, ("a model callable holds objects ebm_fast cannot look into, so a cached graph could "
-                       "read stale memory (pass graph=True to capture anyway)")
-    return True, ""
-
-
-def _graph_key(expr: Expr, leaves, parts, modules, x0: Tensor, options: tuple) -> tuple:
-    """Everything a captured chain depends on (see :mod:`ebm_fast.graphs`); condition *values* are not
-    in it: they are copied into the cached chain's buffers on every call."""
-    first_use: dict[int, int] = {}
-    model_pattern = tuple(first_use.setdefault(id(leaf.model), i) for i, leaf in enumerate(leaves))
-    conds = tuple((None if leaf.cond is None else (tuple(leaf.cond.shape), str(leaf.cond.dtype)),
-                   leaf.per_sample, leaf.column) for leaf in leaves)
-    return ("chain", tuple(expr.program.table.flatten().tolist()), model_pattern, conds,
-            tuple(p.fingerprint for p in parts), tuple(graphs.module_state(m) for m in modules),
-            tuple(x0.shape), str(x0.dtype), str(x0.device), options)
-
-
 def _graphed_chain(key: tuple, new_chain: Callable[[bool], Chain], leaves, x0: Tensor, seed: int, sched,
-                   steps: int):
+                   steps: int, window: int):
     """``(chain, replays, info.graph)``: a cached or newly captured chain, loaded with ``x0``; or
     ``(None, None, why)`` when capture fails (warned once per key) and the chain must run eagerly."""
-    failed = graphs.CACHE.failed(key)
-    if failed is not None:
-        return None, None, f"eager: graph capture failed before ({failed})"
-    entry = graphs.CACHE.get(key)
-    status = "replayed"
-    if entry is None:
-        entry = graphs.GraphEntry(chain=new_chain(True))
-        status = "captured"
-    chain: Chain = entry.chain
-    if status == "replayed":
-        chain.evaluator.load_conditions(leaves)
-    window = chain.window
-    lengths = ({window} if steps >= window else set()) | ({steps % window} if steps % window else set())
-    missing = sorted(n for n in lengths if n not in entry.replays)
-    chain.load(x0.detach(), seed, sched)
-    if not missing:
-        return chain, entry.replays, status
-    try:
-        for n in missing:
-            chain.begin_chunk(1, n)
-            entry.replays[n] = graphs.capture(lambda n=n: chain.run_steps(n), chain.warmup_step, x0.device)
-            graphs.CACHE.captures += 1
-    except Exception as exc:  # any capture failure falls back to eager; the reason is reported
-        reason = f"{type(exc).__name__}: {exc}".strip()
-        graphs.CACHE.mark_failed(key, reason)
-        warnings.warn(f"CUDA graph capture of the Langevin chain failed ({reason}); running it eagerly "
-                      "(shown once per chain configuration)", RuntimeWarning, stacklevel=3)
-        return None, None, f"eager: graph capture failed ({reason})"
-    graphs.CACHE.put(key, entry)
-    chain.load(x0.detach(), seed, sched)  # the warm-up steps moved the state
-    return chain, entry.replays, "captured"
+    x0 = x0.detach()
+
+    def capture(chain: Chain, n: int) -> Callable[[], None]:
+        chain.load(x0, seed, sched)  # the capture's warm-up steps need a valid state
+        chain.begin_chunk(1, n)
+        return graphs.capture(lambda: chain.run_steps(n), chain.warmup_step, x0.device)
+
+    chain, replays, status = graphed_chain(key, new_chain, leaves, replay_lengths(steps, window), capture,
+                                           what="Langevin", stacklevel=3)
+    if chain is not None:
+        chain.load(x0, seed, sched)  # the capture's warm-up steps moved the state
+    return chain, replays, status
 
 
 def _record_grad_norms(chain: Chain, program, grad_clip: float | None, steps: int) -> Tensor:

@@ -1,4 +1,4 @@
-"""The fused Langevin step (SPEC §3) in plain PyTorch: the ``torch`` backend and the readable reference.
+"""The fused Langevin step (docs/contract.md §3) in plain PyTorch: the ``torch`` backend and the readable reference.
 
 Every backend implements the same launcher signature on validated, flattened tensors (see
 :func:`ebm_fast.ops.langevin_step` for the checks):

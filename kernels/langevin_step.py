@@ -1,4 +1,4 @@
-"""The fused Langevin step (SPEC §3) as one Triton kernel: the ``triton`` backend.
+"""The fused Langevin step (docs/contract.md §3) as one Triton kernel: the ``triton`` backend.
 
 Two layers, as in Liger-Kernel: the private ``@triton.jit`` kernel :func:`_langevin_step_kernel` and
 the launcher :func:`langevin_step_triton` on validated, flattened tensors, with the backend signature
@@ -311,7 +311,7 @@ def langevin_step_triton(x: Tensor, grads: Tensor, energies: Tensor, table: Tens
                          step, order: int, grad_clip, clamp, out: Tensor, energy_out: Tensor, flag: Tensor,
                          block_b: int | None = None, block_d: int | None = None,
                          num_warps: int | None = None) -> None:
-    """One fused step (SPEC §3) with the launcher signature of :mod:`ebm_fast.step_reference`.
+    """One fused step (docs/contract.md §3) with the launcher signature of :mod:`ebm_fast.step_reference`.
 
     Args:
         x: ``[B, D]`` float32/float16/bfloat16, inner stride 1 (rows may be strided).

@@ -17,9 +17,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ebm_fast as ef
-from ebm_fast.diffusion import (CondSpec, DSMTrainer, EnergyMLP, EnergyUNet, GaussianEnergy, VPSchedule, concept,
-                                conjunction, disjunction, dsm_loss, export_model, load_model, sample_annealed,
-                                unconditional)
+from ebm_fast.diffusion import (CalibratedDisjunction, CondSpec, DSMTrainer, EnergyMLP, EnergyUNet, GaussianEnergy,
+                                VPSchedule, concept, conjunction, disjunction, dsm_loss, export_model, load_model,
+                                sample_annealed, unconditional)
 
 SCHED = VPSchedule(1000)
 
@@ -268,11 +268,23 @@ def test_export_and_load_roundtrip(tmp_path):
     x = torch.randn(2, 3, 8, 8)
     t = torch.tensor([10, 700])
     torch.testing.assert_close(loaded(x, None, t), m(x, None, t))
-    with pytest.raises(ValueError, match="expected an exported diffusion model"):
+    with pytest.raises(ValueError, match="expected an exported diffusion model .* or a DSMTrainer checkpoint"):
         ef_path = tmp_path / "other.pt"
         from ebm_fast.checkpoint import atomic_torch_save
         atomic_torch_save({"format": "something else"}, ef_path)
         load_model(ef_path)
+
+
+def test_load_model_reads_a_trainer_checkpoints_ema_or_raw_weights(tmp_path):
+    tr, _, _ = _gaussian_trainer(tmp_path, _seed())
+    tr.train(2)
+    x, t = torch.randn(4, 2), torch.tensor([3, 30, 300, 900])
+    for weights, ref in (("ema", tr.ema), ("model", tr.model)):
+        m, meta = load_model(tmp_path / "ckpt" / "last.pt", weights=weights)
+        assert meta["step"] == 2 and meta["weights"] == weights
+        torch.testing.assert_close(m(x, None, t), ref(x, None, t), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="weights: expected 'ema' or 'model'"):
+        load_model(tmp_path / "ckpt" / "last.pt", weights="best")
 
 
 def test_trainer_bad_inputs(tmp_path):
@@ -463,3 +475,16 @@ def test_mala_corrector_samples_the_product_without_the_ula_bias():
     _check_gaussian(x, mean, 1 / float(prec))
     x = sample_annealed(e, torch.randn(3000, 2), levels=LOW_NOISE, corrector_steps=40, step_size=eta, seed=_seed())
     _check_gaussian(x, mean, _ula_var(float(prec), eta))
+
+
+def test_calibrated_disjunction_interpolates_its_offsets_between_levels():
+    m, _, _ = _gaussians()
+    terms = [concept(m, {"c": 0}), concept(m, {"c": 1})]
+    r = torch.randn(2, 3, dtype=torch.float64)
+    mix = CalibratedDisjunction(terms, r, [100, 50, 10], SCHED, log_weights=[0.1, -0.2])
+    assert mix.offsets(50) == pytest.approx(r[:, 1].tolist())
+    assert mix.offsets(30) == pytest.approx((0.5 * r[:, 1] + 0.5 * r[:, 2]).tolist())
+    assert mix.offsets(1) == pytest.approx(r[:, 2].tolist()) and mix.offsets(900) == pytest.approx(r[:, 0].tolist())
+    assert list(mix(30).log_weights) == pytest.approx([0.1 - mix.offsets(30)[0], -0.2 - mix.offsets(30)[1]])
+    with pytest.raises(ValueError, match="need ratios of shape"):
+        CalibratedDisjunction(terms, r[:, :2], [100, 50, 10], SCHED)

@@ -17,6 +17,7 @@ from .schedule import VPSchedule
 from .sampling import sample_annealed
 from .training import DSMTrainer, build_model, dsm_loss, export_model, load_model
 
-__all__ = ["VPSchedule", "CondSpec", "TimeEnergy", "EnergyUNet", "EnergyMLP", "GaussianEnergy", "dsm_loss", "DSMTrainer", "build_model",
+__all__ = ["VPSchedule", "CondSpec", "TimeEnergy", "EnergyUNet", "EnergyMLP", "GaussianEnergy", "dsm_loss",
+           "DSMTrainer", "build_model",
            "export_model", "load_model", "sample_annealed", "concept", "unconditional", "conjunction", "disjunction",
            "CalibratedDisjunction", "log_partition_ratios"]

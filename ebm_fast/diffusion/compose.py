@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -108,7 +109,8 @@ def conjunction(model, conds: Sequence, *, weights=None, negated: Sequence = (),
 
 @torch.no_grad()
 def log_partition_ratios(terms: Sequence[Expr], base: Expr, x0: Tensor, levels: Sequence[int], schedule, *,
-                         noise_draws: int = 1, batch_size: int = 256, generator: torch.Generator | None = None) -> Tensor:
+                         noise_draws: int = 1, batch_size: int = 256,
+                         generator: torch.Generator | None = None) -> Tensor:
     """``r_j(t) = log E_{x ~ p_t}[exp(-(e_j(x) - e_base(x)))]`` for each term and level, ``(J, L)``.
 
     ``x ~ p_t`` is ``alpha_t x0 + sigma_t eps`` over the rows of ``x0`` (samples of the data that
@@ -146,26 +148,20 @@ class CalibratedDisjunction:
     def __init__(self, terms: Sequence[Expr], ratios: Tensor, levels: Sequence[int], schedule,
                  log_weights: Sequence[float] | None = None):
         self.terms = tuple(terms)
-        self.ratios = ratios.double()
         lv = [int(t) for t in levels]
+        self.log_weights = list(log_weights) if log_weights is not None else [0.0] * len(self.terms)
+        if tuple(ratios.shape) != (len(self.terms), len(lv)) or len(self.log_weights) != len(self.terms):
+            raise ValueError(f"CalibratedDisjunction: {len(self.terms)} terms need ratios of shape "
+                             f"({len(self.terms)}, {len(lv)}) and {len(self.terms)} log_weights, got "
+                             f"{tuple(ratios.shape)} and {len(self.log_weights)}")
         order = sorted(range(len(lv)), key=lambda i: lv[i])
         self.levels = torch.tensor([lv[i] for i in order], dtype=torch.float64)
-        self.ratios = self.ratios[:, order]
+        self.ratios = ratios.double()[:, order]
         self.schedule = schedule
-        self.log_weights = list(log_weights) if log_weights is not None else [0.0] * len(self.terms)
-        if self.ratios.shape != (len(self.terms), len(lv)) or len(self.log_weights) != len(self.terms):
-            raise ValueError(f"CalibratedDisjunction: {len(self.terms)} terms need ratios of shape "
-                             f"({len(self.terms)}, {len(lv)}) and {len(self.terms)} log_weights")
 
     def offsets(self, t: int) -> list[float]:
         """``r_j(t)`` for every term."""
-        lv = self.levels
-        t = min(max(float(t), float(lv[0])), float(lv[-1]))
-        i = int(torch.searchsorted(lv, torch.tensor(t, dtype=torch.float64)).clamp(1, len(lv) - 1)) if len(lv) > 1 else 0
-        if len(lv) == 1:
-            return self.ratios[:, 0].tolist()
-        w = (t - float(lv[i - 1])) / (float(lv[i]) - float(lv[i - 1]))
-        return ((1 - w) * self.ratios[:, i - 1] + w * self.ratios[:, i]).tolist()
+        return [float(np.interp(float(t), self.levels.numpy(), r.numpy())) for r in self.ratios]
 
     def __call__(self, t: int) -> Or:
         r = self.offsets(t)

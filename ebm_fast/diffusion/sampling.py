@@ -159,7 +159,10 @@ def sample_annealed(expr: Expr | Callable[[int], Expr], x0: Tensor, schedule: VP
             m.set_level(t)
         sig = float(schedule.sigmas[t])
         if corrector_steps:
-            eta = step_scale * sig * sig if step_size is None else float(step_size(t) if callable(step_size) else step_size)
+            if step_size is None:
+                eta = step_scale * sig * sig
+            else:
+                eta = float(step_size(t) if callable(step_size) else step_size)
             if not eta > 0:
                 raise ValueError(f"step_size: expected a positive corrector step size at level {t}, got {eta!r}")
             if "method" not in extra:  # ULA: x' = x - eta g + sqrt(2 eta) xi

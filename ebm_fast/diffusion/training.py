@@ -76,17 +76,25 @@ def export_model(model: nn.Module, path: str | os.PathLike, meta: dict | None = 
                               "meta": dict(meta or {})}, path)
 
 
-def load_model(path: str | os.PathLike, map_location="cpu") -> tuple[nn.Module, dict]:
-    """``(model, meta)`` from a file :func:`export_model` (or :meth:`DSMTrainer.export`) wrote; the
-    model is in eval mode with gradients off for its parameters."""
+def load_model(path: str | os.PathLike, map_location="cpu", weights: str = "ema") -> tuple[nn.Module, dict]:
+    """``(model, meta)`` from a file :func:`export_model` (or :meth:`DSMTrainer.export`) wrote, or from
+    a trainer checkpoint (``ckpt/last.pt``), whose ``weights`` (``"ema"`` or ``"model"``, the raw
+    weights) are loaded; ``meta`` then holds the run's meta and ``step``. The model is in eval mode
+    with gradients off for its parameters."""
     state = load_checkpoint_file(path, map_location=map_location)
-    if state.get("format") != EXPORT_FORMAT:
-        raise ValueError(f"{path}: expected an exported diffusion model ({EXPORT_FORMAT}), got format "
-                         f"{state.get('format')!r}")
+    if state.get("format") == EXPORT_FORMAT:
+        sd, meta = state["state_dict"], state.get("meta", {})
+    elif "spec" in state and "ema" in state and "model" in state:
+        if weights not in ("ema", "model"):
+            raise ValueError(f"weights: expected 'ema' or 'model', got {weights!r}")
+        sd, meta = state[weights], {**state.get("meta", {}), "step": state.get("step"), "weights": weights}
+    else:
+        raise ValueError(f"{path}: expected an exported diffusion model ({EXPORT_FORMAT}) or a DSMTrainer "
+                         f"checkpoint, got format {state.get('format')!r}")
     model = build_model(state["spec"])
-    model.load_state_dict(state["state_dict"])
+    model.load_state_dict(sd)
     model.eval().requires_grad_(False)
-    return model, state.get("meta", {})
+    return model, meta
 
 
 def _as_model_images(images: Tensor) -> Tensor:

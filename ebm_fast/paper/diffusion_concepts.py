@@ -26,7 +26,6 @@ Sample a grid per attribute from the newest EMA export::
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 from pathlib import Path
@@ -133,12 +132,13 @@ def cmd_grid(args) -> int:
     from .judges import Judges
 
     torch.set_num_threads(args.threads)
-    model, meta = load_model(args.model)
+    model, meta = load_model(args.model, weights=args.weights)
     judges = Judges.load(args.judges)
     targets = eval_targets(args.n, args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = {"model": str(args.model), "step": meta.get("step"), "n": args.n, "seed": args.seed,
+    results = {"model": str(args.model), "weights": meta.get("weights", "ema"), "step": meta.get("step"),
+               "n": args.n, "seed": args.seed,
                "guidance": args.guidance, "levels": args.levels, "correctors": args.correctors,
                "step_scale": args.step_scale, "accuracy": {}}
     for k, setting in enumerate(args.settings):
@@ -176,7 +176,10 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--log-every", type=int, default=25)
     t.add_argument("--threads", type=int, default=1)
     g = sub.add_parser("grid", help="sample and judge each attribute (and a conjunction) from an EMA export")
-    g.add_argument("--model", default="runs/diffusion/scenes32/ema.pt")
+    g.add_argument("--model", default="runs/diffusion/scenes32/ema.pt",
+                   help="an EMA export (ema.pt) or a trainer checkpoint (ckpt/last.pt, see --weights)")
+    g.add_argument("--weights", default="ema", choices=["ema", "model"],
+                   help="which weights of a trainer checkpoint: the EMA or the raw model")
     g.add_argument("--out", default="runs/diffusion/grid")
     g.add_argument("--judges", default=None, help="judges file (default: the shipped 64x64 judges)")
     g.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
