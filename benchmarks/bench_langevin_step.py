@@ -7,7 +7,7 @@ The baseline, :func:`torch_sequence`, is what a user writes without ebm_fast: ``
 softmax weights of the composition, an einsum weighted sum of the leaf gradients, the update and a
 clamp. Each benchmark also times that baseline in the same process and records the ratio in
 ``extra_info['speedup_vs_torch_sequence']``, with the achieved bandwidth over the step's memory floor
-(SPEC §5: bytes read of G, x, E plus bytes written of x') next to the device's measured copy bandwidth.
+(docs/contract.md §5: bytes read of G, x, E plus bytes written of x') next to the device's measured copy bandwidth.
 On a GPU every timed call runs ``STEPS_PER_CALL`` steps and synchronises once, so launch latency is
 amortised the way a chain (or a CUDA-graph replay) amortises it; times in extra_info are per step.
 """

@@ -2,26 +2,27 @@
 
     pytest benchmarks/bench_mcmc.py --benchmark-only [--benchmark-json=benchmarks/results/mcmc_cpu_2threads.json]
 
-Workloads: ``mlp``, an MLP 2-128-128-1 energy (tanh), and ``gmm2d``, a 2-D Gaussian mixture of
-8 components, both with B = 1024 chains. Per method (MALA; HMC with L = 5) the variants are:
+Workloads: ``mlp``, an MLP 2-128-128-1 energy (tanh), and ``gmm2d``, bench_sampler's 2-D Gaussian
+mixture of 8 components, both with B = 1024 chains. Per method (MALA; HMC with L = 5) the variants are:
 
 * ``ebm_fast``: ``ef.langevin(..., method=...)`` (the fused move/accept operations, auto backend);
 * ``autograd``: a hand-written loop, the way one writes MALA/HMC with autograd (``torch.where`` accept);
 * ``torchebm``: TorchEBM's ``HamiltonianMonteCarlo`` (same step size, L, chains; its default unit
   mass and target ``exp(-E)``), when ``torchebm`` imports; HMC only.
 
-Variants are timed round-robin (the fastest of ``ROUNDS`` per variant is kept); the ebm_fast
-variant is the benchmark's own timing, the baselines' times and the ratios go to ``extra_info``
-with the device, thread count and shapes. Chains are K = 20 updates.
+Variants are timed round-robin (``timing.timed``: the fastest of ``ROUNDS`` rounds per variant is
+kept); every time and ratio goes to ``extra_info`` with the device, thread count and shapes (the
+benchmark's own timing reruns the ebm_fast variant). Chains are K = 20 updates.
 """
 
 from __future__ import annotations
 
 import math
-import time
 
 import pytest
 import torch
+from bench_sampler import GMM
+from timing import timed
 
 import ebm_fast as ef
 
@@ -45,18 +46,7 @@ class _MLPEnergy(torch.nn.Module):
         return self.net(x).squeeze(-1) + 0.5 * (x * x).sum(-1)  # confining term: a proper density
 
 
-class _GMM(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        angles = torch.arange(8) * (2 * math.pi / 8)
-        self.register_buffer("mu", 3.0 * torch.stack([angles.cos(), angles.sin()], 1))
-
-    def forward(self, x):
-        d2 = ((x[:, None, :] - self.mu[None]) ** 2).sum(-1)
-        return -torch.logsumexp(-0.5 * d2 / 0.25, dim=1)
-
-
-WORKLOADS = {"mlp": _MLPEnergy, "gmm2d": _GMM}
+WORKLOADS = {"mlp": _MLPEnergy, "gmm2d": GMM}
 
 
 def _grad(energy, x):
@@ -115,15 +105,6 @@ def _torchebm_hmc(model):
     return lambda x0: sampler.sample(x=x0.clone(), n_steps=STEPS)
 
 
-def _best(fn, rounds=ROUNDS) -> float:
-    best = float("inf")
-    for _ in range(rounds):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
-
-
 @pytest.mark.parametrize("workload", sorted(WORKLOADS))
 @pytest.mark.parametrize("method", ["mala", "hmc"])
 def test_mcmc_chain(benchmark, machine, workload, method):
@@ -141,11 +122,10 @@ def test_mcmc_chain(benchmark, machine, workload, method):
                  else (lambda: autograd_hmc(model, x0, STEPS, eps, LEAPFROG))}
     if method == "hmc" and (tebm := _torchebm_hmc(model)) is not None:
         baselines["torchebm"] = lambda: tebm(x0)
-    ours()  # warm-up (backend choice, thread pool)
-    times = {name: _best(fn) for name, fn in baselines.items()}
+    times = timed({"ebm_fast": ours, **baselines}, rounds=ROUNDS)
     _, info = ef.langevin(model, x0, return_info=True, **kw)
     benchmark.pedantic(ours, rounds=ROUNDS, iterations=1)
-    mine = benchmark.stats.stats.min
+    mine = times.pop("ebm_fast")
     benchmark.extra_info.update(
         machine=machine(), workload=workload, method=method, batch=BATCH, dim=2, steps=STEPS, step_size=eps,
         leapfrog_steps=LEAPFROG if method == "hmc" else 1, backend=info.backend, threads=torch.get_num_threads(),

@@ -16,7 +16,7 @@ model (same weights), K, batch, replay buffer and data:
 Both run in one process, alternating round by round (the CI machine is shared: alternation keeps
 load changes from favouring one side), and report medians plus where the time goes (sampling vs
 update), and the network floor of the chain (K bare forward + input-gradient passes of the model,
-eval mode, weights normalised once; SPEC §5). Run ``python benchmarks/bench_train.py`` for a table, or under pytest-benchmark::
+eval mode, weights normalised once; docs/contract.md §5). Run ``python benchmarks/bench_train.py`` for a table, or under pytest-benchmark::
 
     pytest benchmarks/bench_train.py --benchmark-only
 """
@@ -101,7 +101,7 @@ class ReferenceIteration:
 
 
 def network_floor(tr: Trainer, x: torch.Tensor, c: torch.Tensor) -> float:
-    """Seconds of K bare forward + input-gradient passes (SPEC §5's network floor of the chain)."""
+    """Seconds of K bare forward + input-gradient passes (docs/contract.md §5's network floor of the chain)."""
     from ebm_fast.training.state import sampling_mode as _sampling_mode
 
     with _sampling_mode(tr.model, cache_weights=True):

@@ -1,4 +1,4 @@
-// The noise of the fused step (SPEC §4), shared by the CPU and the CUDA kernels.
+// The noise of the fused step (docs/contract.md §4), shared by the CPU and the CUDA kernels.
 //
 // xi(seed, step, j) for flattened element j = b*D + d: with q = j / 4 and r = j % 4,
 //   (r0, r1, r2, r3) = Philox4x32-10(key = seed, counter = (lo32 q, hi32 q, lo32 step, hi32 step)),

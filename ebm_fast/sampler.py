@@ -378,7 +378,7 @@ def sample(expr: Expr, x0: Tensor, *, steps: int, step_size, noise=None,
         method: ``"ula"`` (default: the unadjusted Langevin chain described here), ``"mala"`` or
             ``"hmc"``: exact samplers of ``exp(-e/temperature)`` with a per-chain Metropolis accept
             (:func:`ebm_fast.mcmc.sample`; docs/mcmc.md). They take no ``noise`` (it follows from
-            the step size), no ``clamp`` (pass ``clamp=None``: clamping breaks detailed balance), no
+            the step size), no ``clamp`` (leave it None: clamping breaks detailed balance), no
             ``grad_clip``, ``trajectory``, ``init`` or ``on_nonfinite="reinit"``; ``order`` is ignored.
         temperature, leapfrog_steps, mass, adapt: options of ``"mala"`` / ``"hmc"``
             (:func:`ebm_fast.mcmc.sample`).

@@ -59,7 +59,8 @@ from torch import Tensor
 from ..program import COLUMNS, LEAF, MAX_LEAVES, MAX_NODES, SUM
 from ..step_reference import ORDERS
 
-__all__ = ["langevin_step_triton", "compile_ahead", "launch_config", "MAX_LEAVES", "MAX_NODES"]
+__all__ = ["langevin_step_triton", "compile_ahead", "launch_config", "MAX_LEAVES", "MAX_NODES", "program_tile",
+           "program_weights", "normal_at", "load_int64", "int64_halves", "next_pow2"]
 
 # Registers: a program keeps NP * BLOCK_B * BLOCK_D elements of G (at most _G_ELEMS = 8192, 64 fp32
 # registers a thread at 4 warps) and BLOCK_B * BLOCK_D of x (at most _MAX_TILE); the program tiles
@@ -83,7 +84,7 @@ _COLS = tl.constexpr(COLUMNS)
 _ULA = tl.constexpr(ORDERS["ula"])
 
 
-def _next_pow2(n: int) -> int:
+def next_pow2(n: int) -> int:
     return 1 if n <= 1 else 1 << (n - 1).bit_length()
 
 
@@ -91,13 +92,13 @@ def _next_pow2(n: int) -> int:
 def launch_config(batch: int, dim: int, num_leaves: int, num_nodes: int) -> tuple[int, int, int]:
     """The heuristic ``(block_b, block_d, num_warps)`` for ``[batch, dim]`` states and a program of
     ``num_leaves`` leaves and ``num_nodes`` nodes."""
-    np_, mp = _next_pow2(num_leaves), _next_pow2(num_nodes)
+    np_, mp = next_pow2(num_leaves), next_pow2(num_nodes)
     # without D % 4 == 0 every element runs its own Philox call: 4x the RNG registers
     tile = max(_MIN_TILE, min(_MAX_TILE if dim % 4 == 0 else _MIN_TILE, _G_ELEMS // np_))
-    block_d = min(_next_pow2(dim), tile)
+    block_d = min(next_pow2(dim), tile)
     if block_d < tile:  # several samples a program: their program state costs registers too
         tile = min(tile, _MAX_TILE_MULTI)
-    block_b = max(1, min(_next_pow2(batch), tile // block_d, _PROGRAM_ELEMS // (np_ * mp)))
+    block_b = max(1, min(next_pow2(batch), tile // block_d, _PROGRAM_ELEMS // (np_ * mp)))
     return block_b, block_d, _NUM_WARPS
 
 
@@ -116,7 +117,7 @@ def _bit_or(a, b):
 
 
 @triton.jit
-def _load_int64(v, v_hi, FROM_PTR: tl.constexpr):
+def load_int64(v, v_hi, FROM_PTR: tl.constexpr):
     """A 64-bit integer argument: loaded when given as a tensor, else rebuilt from two int32 halves."""
     if FROM_PTR:
         return tl.load(v).to(tl.int64)
@@ -124,33 +125,26 @@ def _load_int64(v, v_hi, FROM_PTR: tl.constexpr):
         return (v_hi.to(tl.int64) << 32) | (v.to(tl.int64) & 0xFFFFFFFF)
 
 
-@triton.jit(do_not_specialize=["seed", "seed_hi", "step", "step_hi"])
-def _langevin_step_kernel(
-    x_ptr, g_ptr, e_ptr, table_ptr, out_ptr, energy_ptr, flag_ptr,
-    step_size, noise, seed, seed_hi, step, step_hi, grad_clip, lo, hi,
-    B, D, stride_xb, stride_gn, stride_gb, stride_ob, n_dchunks,
-    BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, N: tl.constexpr, NP: tl.constexpr, M: tl.constexpr,
-    MP: tl.constexpr,
-    ORDER: tl.constexpr, HAS_NOISE: tl.constexpr, HAS_CLIP: tl.constexpr, HAS_CLAMP: tl.constexpr,
-    STEP_SIZE_PTR: tl.constexpr, NOISE_PTR: tl.constexpr, SEED_PTR: tl.constexpr,
-    STEP_PTR: tl.constexpr, ALIGNED4: tl.constexpr,
-):
+@triton.jit
+def program_tile(n_dchunks, B, D, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
+    """This program's ``BLOCK_B x BLOCK_D`` tile of a ``[B, D]`` state on the flattened 1-D grid
+    (``pid = sample_block * n_dchunks + d_chunk``): ``(d_chunk, offs_b, offs_d, bmask, dmask, rows)``,
+    ``rows`` being ``offs_b`` as int64 (row offsets ``rows * D`` may pass 2**31)."""
     pid = tl.program_id(0)
     pid_d = pid % n_dchunks
-    pid_b = pid // n_dchunks
-    offs_b = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    offs_b = (pid // n_dchunks) * BLOCK_B + tl.arange(0, BLOCK_B)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    bmask = offs_b < B
-    mask = bmask[:, None] & (offs_d < D)[None, :]
-    rows = offs_b.to(tl.int64)
-    leaves = tl.arange(0, NP)
-    lmask = leaves < N
+    return pid_d, offs_b, offs_d, offs_b < B, offs_d < D, offs_b.to(tl.int64)
 
-    # ---- the streaming loads, issued before the program evaluation so that they overlap it ----
-    x = tl.load(x_ptr + rows[:, None] * stride_xb + offs_d[None, :], mask=mask, other=0.0).to(tl.float32)
-    g_ptrs = (g_ptr + leaves.to(tl.int64)[:, None, None] * stride_gn + rows[None, :, None] * stride_gb
-              + offs_d[None, None, :])
-    grads = tl.load(g_ptrs, mask=lmask[:, None, None] & mask[None, :, :], other=0.0).to(tl.float32)
+
+@triton.jit
+def program_weights(table_ptr, e_ptr, offs_b, bmask, B, BLOCK_B: tl.constexpr, NP: tl.constexpr, M: tl.constexpr,
+                    MP: tl.constexpr):
+    """The program (:mod:`ebm_fast.program`) evaluated for the samples ``offs_b`` from the leaf
+    energies ``E`` ``[N, B]`` at ``e_ptr``: ``(w [NP, BLOCK_B], e_root [BLOCK_B], e_leaves [BLOCK_B, MP],
+    leaf_col [MP])`` -- the leaf weights, the composed energy, the leaf energies gathered per node
+    (0 off the leaves) and each node's leaf index (-1 off the leaves). Shared by the Langevin step
+    and the MALA/HMC kernels (:mod:`ebm_fast.kernels.mcmc_step`)."""
     # ---- the program: its columns as [MP] vectors (row k of the table is node k) ----
     nodes = tl.arange(0, MP)
     nmask = nodes < M
@@ -198,8 +192,55 @@ def _langevin_step_kernel(
                 d = tl.exp((e_r[:, None] - tl.where(child, ev, e_r[:, None])) / temp + edge_col[None, :])
             adj = tl.where(child, adj_r[:, None] * d, adj)
     # leaf weights w [NP, BLOCK_B]: w_i is the adjoint of the node whose leaf is i
+    leaves = tl.arange(0, NP)
     w = tl.sum(tl.where(leaf_col[None, None, :] == leaves[:, None, None], adj[None, :, :], 0.0), axis=2)
     e_root = tl.sum(tl.where((nodes == M - 1)[None, :], ev, 0.0), axis=1)
+    return w, e_root, e_leaves, leaf_col
+
+
+@triton.jit
+def _normal4(s, t, q):
+    """The four normals of Philox group ``q`` at ``(seed s, step t)`` (SPEC §4)."""
+    zero = q * 0
+    r0, r1, r2, r3 = tl.philox(s, q.to(tl.uint32), (q >> 32).to(tl.uint32), (zero + (t & 0xFFFFFFFF)).to(tl.uint32),
+                               (zero + ((t >> 32) & 0xFFFFFFFF)).to(tl.uint32))
+    n0, n1 = tl.random.pair_uniform_to_normal(tl.random.uint_to_uniform_float(r0), tl.random.uint_to_uniform_float(r1))
+    n2, n3 = tl.random.pair_uniform_to_normal(tl.random.uint_to_uniform_float(r2), tl.random.uint_to_uniform_float(r3))
+    return n0, n1, n2, n3
+
+
+@triton.jit
+def normal_at(s, t, rows, offs_d, D):
+    """``xi(seed, step, j)`` for ``j = row * D + d`` (SPEC §4): one Philox call per element, lane ``j % 4``."""
+    j = rows[:, None] * D + offs_d[None, :]
+    n0, n1, n2, n3 = _normal4(s, t, j // 4)
+    lane = j % 4
+    return tl.where(lane == 0, n0, tl.where(lane == 1, n1, tl.where(lane == 2, n2, n3)))
+
+
+@triton.jit(do_not_specialize=["seed", "seed_hi", "step", "step_hi"])
+def _langevin_step_kernel(
+    x_ptr, g_ptr, e_ptr, table_ptr, out_ptr, energy_ptr, flag_ptr,
+    step_size, noise, seed, seed_hi, step, step_hi, grad_clip, lo, hi,
+    B, D, stride_xb, stride_gn, stride_gb, stride_ob, n_dchunks,
+    BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, N: tl.constexpr, NP: tl.constexpr, M: tl.constexpr,
+    MP: tl.constexpr,
+    ORDER: tl.constexpr, HAS_NOISE: tl.constexpr, HAS_CLIP: tl.constexpr, HAS_CLAMP: tl.constexpr,
+    STEP_SIZE_PTR: tl.constexpr, NOISE_PTR: tl.constexpr, SEED_PTR: tl.constexpr,
+    STEP_PTR: tl.constexpr, ALIGNED4: tl.constexpr,
+):
+    pid_d, offs_b, offs_d, bmask, dmask, rows = program_tile(n_dchunks, B, D, BLOCK_B, BLOCK_D)
+    mask = bmask[:, None] & dmask[None, :]
+    leaves = tl.arange(0, NP)
+    lmask = leaves < N
+
+    # ---- the streaming loads, issued before the program evaluation so that they overlap it ----
+    x = tl.load(x_ptr + rows[:, None] * stride_xb + offs_d[None, :], mask=mask, other=0.0).to(tl.float32)
+    g_ptrs = (g_ptr + leaves.to(tl.int64)[:, None, None] * stride_gn + rows[None, :, None] * stride_gb
+              + offs_d[None, None, :])
+    grads = tl.load(g_ptrs, mask=lmask[:, None, None] & mask[None, :, :], other=0.0).to(tl.float32)
+    w, e_root, e_leaves, leaf_col = program_weights(table_ptr, e_ptr, offs_b, bmask, B, BLOCK_B, NP, M, MP)
+    is_leaf = leaf_col >= 0
     tl.store(energy_ptr + offs_b, e_root, mask=bmask & (pid_d == 0))
 
     # ---- the update ----
@@ -209,27 +250,15 @@ def _langevin_step_kernel(
         g = tl.clamp(g, -grad_clip, grad_clip, propagate_nan=tl.PropagateNan.ALL)
     moved = x - _load_scalar(step_size, STEP_SIZE_PTR) * g
     if HAS_NOISE:
-        s = _load_int64(seed, seed_hi, SEED_PTR)
-        t = _load_int64(step, step_hi, STEP_PTR)
+        s = load_int64(seed, seed_hi, SEED_PTR)
+        t = load_int64(step, step_hi, STEP_PTR)
         if ALIGNED4:
             # one Philox call per 4 consecutive elements: q = j // 4 for the tile's quads
             q = (rows[:, None] * D + pid_d * BLOCK_D) // 4 + tl.arange(0, BLOCK_D // 4)[None, :]
-        else:
-            j = rows[:, None] * D + offs_d[None, :]
-            q = j // 4
-        zero = q * 0
-        r0, r1, r2, r3 = tl.philox(s, q.to(tl.uint32), (q >> 32).to(tl.uint32),
-                                   (zero + (t & 0xFFFFFFFF)).to(tl.uint32),
-                                   (zero + ((t >> 32) & 0xFFFFFFFF)).to(tl.uint32))
-        n0, n1 = tl.random.pair_uniform_to_normal(tl.random.uint_to_uniform_float(r0),
-                                                  tl.random.uint_to_uniform_float(r1))
-        n2, n3 = tl.random.pair_uniform_to_normal(tl.random.uint_to_uniform_float(r2),
-                                                  tl.random.uint_to_uniform_float(r3))
-        if ALIGNED4:
+            n0, n1, n2, n3 = _normal4(s, t, q)
             xi = tl.interleave(tl.interleave(n0, n2), tl.interleave(n1, n3))  # n0 n1 n2 n3 n0 ...
         else:
-            lane = j % 4
-            xi = tl.where(lane == 0, n0, tl.where(lane == 1, n1, tl.where(lane == 2, n2, n3)))
+            xi = normal_at(s, t, rows, offs_d, D)
         kick = _load_scalar(noise, NOISE_PTR) * xi
         if ORDER == _ULA:
             new = moved + kick
@@ -264,7 +293,7 @@ def _langevin_step_kernel(
             tl.atomic_or(flag_ptr, bits_e)
 
 
-def _int64_halves(name: str, v) -> tuple:
+def int64_halves(name: str, v) -> tuple:
     """``(lo, hi)`` of a Python int's 64 bits as signed int32 values, or ``(v, 0)`` for a tensor.
 
     Passing halves keeps the kernel's argument types fixed (Triton types a Python int as i32, i64 or
@@ -295,12 +324,12 @@ def _kernel_args(x: Tensor, grads: Tensor, energies: Tensor, table: Tensor, *, s
     grid = (-(-b // block_b) * n_dchunks,)
     flags = [isinstance(v, Tensor) for v in (step_size, noise, seed, step)]
     has_noise = flags[1] or noise != 0.0  # a Python 0.0 skips the RNG, as the reference does
-    args = (x, grads, energies, table, out, energy_out, flag, step_size, noise, *_int64_halves("seed", seed),
-            *_int64_halves("step", step),
+    args = (x, grads, energies, table, out, energy_out, flag, step_size, noise, *int64_halves("seed", seed),
+            *int64_halves("step", step),
             0.0 if grad_clip is None else float(grad_clip),
             0.0 if clamp is None else float(clamp[0]), 0.0 if clamp is None else float(clamp[1]),
             b, d, x.stride(0), grads.stride(0), grads.stride(1), out.stride(0), n_dchunks)
-    meta = dict(BLOCK_B=block_b, BLOCK_D=block_d, N=n, NP=_next_pow2(n), M=m, MP=_next_pow2(m), ORDER=int(order),
+    meta = dict(BLOCK_B=block_b, BLOCK_D=block_d, N=n, NP=next_pow2(n), M=m, MP=next_pow2(m), ORDER=int(order),
                 HAS_NOISE=bool(has_noise), HAS_CLIP=grad_clip is not None, HAS_CLAMP=clamp is not None,
                 STEP_SIZE_PTR=flags[0], NOISE_PTR=flags[1], SEED_PTR=flags[2], STEP_PTR=flags[3],
                 ALIGNED4=d % 4 == 0 and block_d % 4 == 0, num_warps=num_warps)

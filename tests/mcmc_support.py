@@ -8,12 +8,17 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from support import backend_or_skip, expressions
 
 import ebm_fast as ef
 from ebm_fast import _native
 from ebm_fast.rng import normal_noise, philox4x32, uniform_from_uint32
+
+# Hypothesis examples, largest B and largest D of the random-tree oracle tests, per backend (Triton
+# runs through its interpreter here: fewer, smaller cases).
+ORACLE_CASES = {"torch": (25, 24, 7), "cpu": (25, 40, 9), "triton": (5, 6, 5), "cuda": (25, 64, 33)}
 
 # Chains whose uniform lies this close to their oracle acceptance probability are not compared:
 # fp32 kernels against the fp64 oracle differ by ~1e-6 in log alpha.
@@ -120,7 +125,7 @@ def check_one_update(expr, x, *, backend, method, step_size, temperature, seed, 
     """The fused update against :func:`oracle_update`, per chain, decisions included."""
     b = x.shape[0]
     out, info = ef.sample(expr, x, method=method, steps=1, step_size=step_size, temperature=temperature, seed=seed,
-                          clamp=None, backend=backend, leapfrog_steps=leapfrog_steps, mass=mass,
+                          backend=backend, leapfrog_steps=leapfrog_steps, mass=mass,
                           return_energies=True, return_info=True)[0::2]
     ref, acc, alpha, u = oracle_update(expr, x, method=method, step_size=step_size, temperature=temperature,
                                        seed=seed, step=1, leapfrog_steps=leapfrog_steps or 1, mass=mass)
@@ -132,3 +137,42 @@ def check_one_update(expr, x, *, backend, method, step_size, temperature, seed, 
     torch.testing.assert_close(info.accept_rate.double(), got.double())
     assert int(decisive.sum()) >= math.ceil(0.9 * b) - 1
     return acc
+
+
+def check_random_trees(backend: str, method: str, *, log_step: tuple[float, float], shared_step: float) -> None:
+    """:func:`check_one_update` on Hypothesis cases: random nested expressions of :class:`Bowl` s,
+    sizes up to :data:`ORACLE_CASES`, 64-bit seeds, temperatures 0.5..2, and either one step size
+    ``shared_step`` or per-chain step sizes log-uniform in ``exp(log_step)``; for HMC also L in 1..4
+    and an optional diagonal mass."""
+    mcmc_backend_or_skip(backend)
+    examples, max_b, max_d = ORACLE_CASES[backend]
+    hmc = method == "hmc"
+
+    @settings(max_examples=examples, deadline=None)
+    @given(data=st.data(), b=st.integers(1, max_b), d=st.integers(1, max_d), seed=st.integers(0, 2**64 - 1),
+           temperature=st.sampled_from([1.0, 0.5, 2.0]), per_chain=st.booleans(),
+           leapfrog=st.integers(1, 4) if hmc else st.none(), with_mass=st.booleans() if hmc else st.just(False))
+    def run(data, b, d, seed, temperature, per_chain, leapfrog, with_mass):
+        expr = data.draw(bowl_expressions(d))
+        gen = torch.Generator().manual_seed(seed % 2**31)
+        x = torch.randn(b, d, generator=gen, dtype=torch.float64)
+        eps = torch.exp(torch.empty(b).uniform_(*log_step, generator=gen)) if per_chain else shared_step
+        mass = 0.3 + 2 * torch.rand(d, generator=gen) if with_mass else None
+        check_one_update(expr, x, backend=backend, method=method, step_size=eps, temperature=temperature, seed=seed,
+                         leapfrog_steps=leapfrog, mass=mass)
+
+    run()
+
+
+def check_oracle_sees_both_decisions(method: str, make_expr, *, log_step: tuple[float, float], seed: int,
+                                     leapfrog_steps: int = 1) -> None:
+    """On 200 chains of ``make_expr(leaf)`` (``leaf()`` makes a fresh 3-D :class:`Bowl` concept) with
+    step sizes log-uniform in ``exp(log_step)``, the oracle both accepts and rejects (else the oracle
+    tests could not catch a flipped accept test)."""
+    gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ())))
+    expr = make_expr(lambda: ef.Concept(Bowl(gen, 3)))
+    x = torch.randn(200, 3, generator=gen, dtype=torch.float64)
+    eps = torch.exp(torch.empty(200).uniform_(*log_step, generator=gen))
+    _, acc, alpha, _ = oracle_update(expr, x, method=method, step_size=eps, temperature=1.0, seed=seed, step=1,
+                                     leapfrog_steps=leapfrog_steps)
+    assert 20 < int(acc.sum()) < 180 and float(alpha.min()) < 0.5

@@ -12,10 +12,10 @@ import ebm_fast as ef
 from ebm_fast.rng import normal_noise
 
 # The one tolerance table: (rtol, atol) per state dtype for backend results against the oracle.
-# fp32: SPEC §3 (1e-5). fp16/bf16: one rounding of the stored state (2**-11, 2**-8 relative).
+# fp32: docs/contract.md §3 (1e-5). fp16/bf16: one rounding of the stored state (2**-11, 2**-8 relative).
 TOL = {
     torch.float32: (1e-5, 1e-5),
-    torch.float64: (1e-5, 1e-5),  # fp64 states run in fp32 (SPEC §3)
+    torch.float64: (1e-5, 1e-5),  # fp64 states run in fp32 (docs/contract.md §3)
     torch.float16: (2e-3, 2e-3),
     torch.bfloat16: (1.6e-2, 1.6e-2),
 }
@@ -94,7 +94,7 @@ def oracle_weights(expr: ef.Expr, energies: torch.Tensor) -> tuple[torch.Tensor,
 
 def oracle_step(x, grads, energies, expr, *, step_size, noise, seed, step, order="ula", grad_clip=None,
                 clamp=None):
-    """SPEC §3 written plainly in float64: ``(x_new, energy)``."""
+    """docs/contract.md §3 written plainly in float64: ``(x_new, energy)``."""
     w, e = oracle_weights(expr, energies)
     b = x.shape[0]
     g = (w.reshape(*w.shape, *([1] * (x.dim() - 1))) * grads.double()).sum(0)

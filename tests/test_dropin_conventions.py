@@ -1,7 +1,7 @@
 """The public research codes' Langevin loops beside their one-call replacements (docs/conventions.md).
 
 Each loop is written the way its code base writes it (a few lines, here in the project's words) on a
-small random model, and fed the sampler's own noise -- ``xi(seed, s)`` of SPEC §4 at the step index
+small random model, and fed the sampler's own noise -- ``xi(seed, s)`` of docs/contract.md §4 at the step index
 the replacement uses (the ``sampler`` module docstring) -- so that the two chains are the same chain.
 Each pair must agree with noise 0 and with that noise. The conventions they pin down: the sign of
 the gradient step (descend an energy / climb a score), the update order (``noise_first`` / ``ula``),

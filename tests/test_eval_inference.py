@@ -222,7 +222,6 @@ def test_eval_cli_end_to_end_with_tiny_models(tmp_path, capsys):
     with Image.open(tmp_path / "out" / "fig12_two_objects.png") as im:
         assert im.size[1] > 3 * 5 * 3  # three scenes, one row each
     # the exported training split loads as training data with a 2-d position label
-    from ebm_fast.paper import training_data  # noqa: F401 - registers the scenes data
     from ebm_fast.training import TrainConfig, load_data
 
     data = load_data(TrainConfig(data=str(tmp_path / "train.npz"), cond="position", out=str(tmp_path / "run")))

@@ -1,5 +1,5 @@
 """The fused Langevin step (``ebm_fast.ops.langevin_step``) on every backend against the float64 oracle
-of SPEC §3 (``support.oracle_step``).
+of docs/contract.md §3 (``support.oracle_step``).
 
 Most tests take a ``target``, a (backend, device) pair: ``torch`` on the CPU, the C++ kernel
 (``cpu``), ``triton`` (on the GPU when there is one, else on the CPU through Triton's interpreter,

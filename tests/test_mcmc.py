@@ -53,14 +53,14 @@ def test_conjunction_of_gaussians_is_exact_where_ula_is_biased(method, kw, tempe
     x0 = 3.0 * torch.randn(b, 2)  # over-dispersed start
     seed = _fresh_seed()
     x, info = ef.sample(expr, x0, method=method, steps=150, step_size=eps, temperature=temperature, seed=seed,
-                        clamp=None, return_info=True, **kw)
+                        return_info=True, **kw)
     se_mean = (var / b).sqrt()
     se_var = var * math.sqrt(2.0 / (b - 1))
     assert ((x.mean(0) - mean).abs() < 4 * se_mean).all(), (x.mean(0), mean)
     assert ((x.var(0) - var).abs() < 4 * se_var).all(), (x.var(0), var)
     assert 0.3 < float(info.accept_rate.mean()) < 1.0
     ula = ef.sample(expr, x0, steps=150, step_size=eps, noise=math.sqrt(2 * eps * temperature), order="ula",
-                    clamp=None, seed=seed)
+                    seed=seed)
     assert (ula.var(0) / var > 1.10).all()  # the bias the exact samplers remove (3+ standard errors)
 
 
@@ -76,7 +76,7 @@ def test_disjunction_splits_by_its_log_weights(method, kw):
     Kolmogorov-Smirnov test against exact draws of the mixture (level 1e-3)."""
     n = 4000
     x0 = torch.randn(n, 1) * 3
-    x = ef.sample(_mixture(), x0, method=method, steps=200, seed=_fresh_seed(), clamp=None, **kw)[:, 0].double()
+    x = ef.sample(_mixture(), x0, method=method, steps=200, seed=_fresh_seed(), **kw)[:, 0].double()
     phi = stats.norm.cdf
     p_right = 0.25 * phi(-1.5) + 0.75 * phi(1.5)
     frac = float((x > 0).double().mean())
@@ -96,7 +96,7 @@ def test_one_update_keeps_exact_draws_exact(method):
     n = 6000
     gen = torch.Generator().manual_seed(_fresh_seed() % 2**31)
     x0 = mean + var.sqrt() * torch.randn(n, 2, generator=gen)
-    x = ef.sample(expr, x0, method=method, steps=3, step_size=0.6, seed=_fresh_seed(), clamp=None,
+    x = ef.sample(expr, x0, method=method, steps=3, step_size=0.6, seed=_fresh_seed(),
                   leapfrog_steps=2 if method == "hmc" else None)
     exact = mean + var.sqrt() * torch.randn(n, 2, generator=gen)
     for d in range(2):
@@ -110,7 +110,7 @@ def test_same_seed_same_chain_on_every_backend(method):
     expr = expr | ~ef.Concept(Gauss([0.3, 0.3], [4.0, 4.0])) & expr
     x0 = torch.randn(16, 2)
     seed = _fresh_seed()
-    kw = dict(method=method, steps=4, step_size=1.0, seed=seed, clamp=None, return_energies=True, return_info=True,
+    kw = dict(method=method, steps=4, step_size=1.0, seed=seed, return_energies=True, return_info=True,
               leapfrog_steps=2 if method == "hmc" else None)
     runs = {}
     for backend in ("torch", "cpu", "triton"):
@@ -129,23 +129,27 @@ def test_same_seed_same_chain_on_every_backend(method):
 # ---- adaptation --------------------------------------------------------------------------------
 @pytest.mark.parametrize("method", ["mala", "hmc"])
 @pytest.mark.parametrize("per_chain", [True, False])
-def test_dual_averaging_reaches_the_target_acceptance(method, per_chain):
-    """On a 10-D Gaussian with variances 0.25..2 (in 2-D, HMC's acceptance is not monotone in the
-    step size: 0.78 at 1.0, 0.76 at 1.1, 0.85 at 1.2 with L = 3, so no step size is "the" answer)."""
-    expr = ef.Concept(Gauss(torch.zeros(10), torch.linspace(0.25, 2.0, 10)))
-    b = 512
-    x0 = torch.randn(b, 10)
-    _x, info = ef.sample(expr, x0, method=method, steps=200, step_size=0.01, seed=_fresh_seed(), clamp=None,
-                        adapt=mcmc.Adapt(warmup=300, per_chain=per_chain), return_info=True,
+def test_adaptation_reaches_the_target_acceptance(method, per_chain):
+    """On a 10-D Gaussian with variances 0.25..2, from a step size 100x too small. HMC's target
+    sits on its stability edge (acceptance 0.65 at step 0.9, 0.17 at 1.0 with L = 3), where an
+    averaged step size that straddles the edge lands well above the target.
+
+    Tolerance: a chain's accept rate over the K returned updates has variance at most p (1 - p)
+    however correlated its decisions, and the B chains are independent, so the batch mean lies
+    within 3 sqrt(p (1 - p) / B) = 0.032 (B = 2048) of the acceptance the adapted step size gives
+    with probability >= 0.997 (the mean of 2048 independent bounded terms is close to normal).
+    The adapted step size itself is allowed no extra slack."""
+    b, dim = 2048, 10
+    expr = ef.Concept(Gauss(torch.zeros(dim), torch.linspace(0.25, 2.0, dim)))
+    x0 = torch.randn(b, dim)
+    _x, info = ef.sample(expr, x0, method=method, steps=100, step_size=0.01, seed=_fresh_seed(),
+                        adapt=mcmc.Adapt(warmup=400, per_chain=per_chain), return_info=True,
                         leapfrog_steps=3 if method == "hmc" else None)
     target = mcmc.TARGET_ACCEPT[method]
-    # HMC lands above its target (0.72-0.75 measured for 0.65): the averaged step size eps_bar is
-    # smaller than the iterates that balanced the acceptance, on a steep acceptance curve (Stan's
-    # post-warm-up acceptance sits above its target for the same reason)
-    low, high = (target - 0.06, target + 0.06) if method == "mala" else (target - 0.06, target + 0.15)
-    assert low < float(info.accept_rate.mean()) < high, float(info.accept_rate.mean())
-    assert info.warmup == 300 and info.step_size.shape == (b,)
-    assert float(info.step_size.min()) > 0.05  # moved far from the initial 0.01
+    tol = 3 * math.sqrt(target * (1 - target) / b)
+    assert abs(float(info.accept_rate.mean()) - target) < tol, (float(info.accept_rate.mean()), target, tol)
+    assert info.warmup == 400 and info.step_size.shape == (b,)
+    assert float(info.step_size.min()) > 0.1  # moved far from the initial 0.01
     if not per_chain:
         assert torch.equal(info.step_size, info.step_size[:1].expand(b))
     else:
@@ -158,7 +162,7 @@ def test_warmup_is_not_part_of_the_returned_chain():
     expr, _, _ = _conjunction()
     x0 = torch.randn(8, 2)
     seed = _fresh_seed()
-    _x, e, info = ef.sample(expr, x0, method="mala", steps=5, step_size=0.1, seed=seed, clamp=None, adapt=20,
+    _x, e, info = ef.sample(expr, x0, method="mala", steps=5, step_size=0.1, seed=seed, adapt=20,
                            return_energies=True, return_info=True)
     assert e.shape == (5, 8) and info.accepted.shape == (5, 8)
     torch.testing.assert_close(info.accept_rate, info.accepted.float().mean(0))
@@ -168,12 +172,12 @@ def test_warmup_is_not_part_of_the_returned_chain():
 def test_info_and_return_layout():
     expr, _, _ = _conjunction()
     x0 = torch.randn(7, 2, dtype=torch.float64)
-    out = ef.sample(expr, x0, method="hmc", steps=3, step_size=0.3, clamp=None, return_info=True, seed=1)
+    out = ef.sample(expr, x0, method="hmc", steps=3, step_size=0.3, return_info=True, seed=1)
     x, info = out
     assert x.dtype == torch.float64 and x.shape == (7, 2)
     assert info.accept_rate.shape == (7,) and info.accepted is None and info.method == "hmc"
     assert info.leapfrog_steps == mcmc.DEFAULT_LEAPFROG_STEPS and info.seed == 1
-    assert ef.sample(expr, x0, method="mala", steps=0, step_size=0.3, clamp=None).shape == (7, 2)
+    assert ef.sample(expr, x0, method="mala", steps=0, step_size=0.3).shape == (7, 2)
 
 
 def test_langevin_takes_method():
@@ -198,19 +202,19 @@ def test_langevin_takes_method():
 ])
 def test_bad_arguments_raise_one_clear_error(bad, match):
     expr, _, _ = _conjunction()
-    kw = dict(method="mala", steps=2, step_size=0.1, clamp=None)
+    kw = dict(method="mala", steps=2, step_size=0.1)
     kw.update(bad)
     with pytest.raises((ValueError, TypeError), match=match):
         ef.sample(expr, torch.zeros(3, 2), **kw)
 
 
-def test_ula_options_refused_and_default_unchanged():
+def test_ula_options_refused_and_default_is_ula():
     expr, _, _ = _conjunction()
     x0 = torch.randn(4, 2)
     with pytest.raises(ValueError, match="temperature"):
         ef.sample(expr, x0, steps=2, step_size=0.1, noise=0.1, temperature=2.0)
     with pytest.raises(ValueError, match="method"):
-        ef.sample(expr, x0, steps=2, step_size=0.1, clamp=None, method="nuts")
+        ef.sample(expr, x0, steps=2, step_size=0.1, method="nuts")
     a = ef.sample(expr, x0, steps=3, step_size=0.1, noise=0.1, seed=4)
     b = ef.sample(expr, x0, steps=3, step_size=0.1, noise=0.1, seed=4, method="ula")
     assert torch.equal(a, b)
@@ -228,7 +232,7 @@ def test_nonfinite_start_raises():
 def test_compiled_evaluator_gives_the_eager_chain(method):
     expr, _, _ = _conjunction()
     x0 = torch.randn(16, 2)
-    kw = dict(method=method, steps=4, step_size=0.3, seed=9, clamp=None, leapfrog_steps=2 if method == "hmc" else None)
+    kw = dict(method=method, steps=4, step_size=0.3, seed=9, leapfrog_steps=2 if method == "hmc" else None)
     torch.testing.assert_close(ef.sample(expr, x0, compile=True, **kw), ef.sample(expr, x0, **kw),
                                rtol=1e-5, atol=1e-5)
 
@@ -242,7 +246,7 @@ def test_cuda_graph_chain_equals_the_eager_chain(method, backend):
     expr, _, _ = _conjunction()
     expr = expr.__class__(*[ef.Concept(leaf.model.cuda()) for leaf in expr.leaves()])
     x0 = torch.randn(64, 2, device="cuda")
-    kw = dict(method=method, steps=45, step_size=0.3, seed=_fresh_seed(), clamp=None, backend=backend,
+    kw = dict(method=method, steps=45, step_size=0.3, seed=_fresh_seed(), backend=backend,
               graph_steps=20, return_info=True, leapfrog_steps=3 if method == "hmc" else None)
     xg, ig = ef.sample(expr, x0, graph=True, **kw)
     xe, ie = ef.sample(expr, x0, graph=False, **kw)

@@ -1,4 +1,4 @@
-"""SPEC §4 noise: the torch reference against Triton's own Philox, every backend alike, and N(0, 1)."""
+"""docs/contract.md §4 noise: the torch reference against Triton's own Philox, every backend alike, and N(0, 1)."""
 
 from __future__ import annotations
 

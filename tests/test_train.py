@@ -200,6 +200,34 @@ def test_resume_skips_a_valid_non_training_last_pt_and_cleans_orphans(tmp_path, 
     assert load_checkpoint_file(run / "ckpt" / "last.pt")["step"] == 6
 
 
+def test_every_config_field_is_one_generated_option_with_its_help():
+    """The train options come from TrainConfig's fields: one option per field, its help from the field,
+    unset options leave the defaults, and the fields a resume may change are marked on the fields."""
+    import argparse
+    import dataclasses
+
+    from ebm_fast.training import RESUME_OVERRIDABLE
+    from ebm_fast.training.options import train_parser
+
+    p = train_parser()
+    by_dest = {a.dest: a for a in p._actions if a.dest != "help"}
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    assert set(by_dest) == set(fields)
+    for name, action in by_dest.items():
+        assert action.help and action.help.startswith(fields[name].metadata["help"][:20]), name
+        assert action.default is argparse.SUPPRESS, name
+    assert config_from_args([]) == TrainConfig()
+    assert set(RESUME_OVERRIDABLE) == {
+        "iterations", "log_every", "image_every", "checkpoint_every", "export_every", "progress", "threads", "device",
+        "resume", "compile", "backend", "out", "cond_contrast", "cond_jitter", "cond_reg", "cond_adv",
+        "cond_adv_steps", "init_from", "max_minutes"}
+    cfg = config_from_args(["--no-spectral-norm", "--compile", "--shapes", "box", "sphere", "--ema", "none",
+                            "--threads", "3", "--objective", "cd"])
+    assert (cfg.spectral_norm, cfg.compile, cfg.shapes, cfg.ema, cfg.threads) == (False, True, ("box", "sphere"),
+                                                                                  None, 3)
+    assert config_from_args(["--compile", "--no-compile"]).compile is False
+
+
 def test_npz_data_and_cli_config(tmp_path):
     npz = tmp_path / "d.npz"
     ref = _write_npz(npz, n=40)

@@ -94,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         writable_file(a.export_train, "--export-train")
     if a.regressor:
         existing_file(a.regressor, "--regressor")
+    if a.ebm is not None or a.train_regressor:
+        writable_dir(a.out, "--out")
     t0 = time.perf_counter()
     ebm, ebm_meta = load_position_model(a.ebm, "--ebm") if a.ebm else (None, {})
     resolution = a.resolution or (ebm.config.get("resolution") if ebm is not None else None) or 32
