@@ -3,7 +3,7 @@
     pytest benchmarks/bench_sampler.py --benchmark-only [--benchmark-json=benchmarks/results/sampler_<device>.json]
     EBM_FAST_BENCH_COMPILE=0 ...   # skip the torch.compile variant (~30 s of compilation per shape on a CPU)
 
-Workloads (SPEC §5, issue 3):
+Workloads (docs/contract.md §5, issue 3):
 
 * ``conv32`` / ``conv64``: three concepts of one conditional conv EBM (``ebm_fast.models`` ``small32``
   architecture, no spectral norm, eval mode), ``(a & b) & ~c``-style composition of one-hot conditions
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import ebm_fast as ef
-from ebm_fast.leaf_eval import frozen_parameters
+from ebm_fast.model_state import frozen_parameters
 from ebm_fast.models import build_model
 from ebm_fast.rng import normal_noise
 from machine import device_name
@@ -122,7 +122,7 @@ def test_conv_composition(benchmark, name):
         "ebm_fast.sample": lambda: ef.sample(expr, x0, **kw),
         f"ebm_fast.sample[{other}]": lambda: ef.sample(expr, x0, grouping=other, **kw),
         "reference loop": lambda: released_loop(model, cb, x0, steps, eta, sigma, alpha),
-        "floor: batched pass": lambda: floor_batched(model, cat, x0, 3, steps),  # SPEC §5: standard layout
+        "floor: batched pass": lambda: floor_batched(model, cat, x0, 3, steps),  # docs/contract.md §5: standard layout
         "floor: per-leaf passes": lambda: floor_per_leaf(model, cb, x0, steps),
         "floor: per-leaf passes, channels_last input":
             lambda: floor_per_leaf(model, cb, x0, steps, torch.channels_last),

@@ -47,7 +47,7 @@ struct MCMCArgs {
   int method = METHOD_MALA;
 };
 
-// xi(seed, step, j) (SPEC §4): lane j % 4 of the Philox group j / 4.
+// xi(seed, step, j) (docs/contract.md §4): lane j % 4 of the Philox group j / 4.
 EBM_HD float normal_at(uint64_t seed, uint64_t step, uint64_t j) {
   float n[4];
   normal4(seed, step, j >> 2, n[0], n[1], n[2], n[3]);

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from . import graphs
 from .compose import Expr
-from .leaf_eval import couples_samples
+from .model_state import couples_samples
 
 __all__ = ["check_int", "graph_key", "graph_plan", "graphed_chain", "replay_lengths"]
 
@@ -45,7 +45,7 @@ def graph_plan(graph, device: torch.device, steps: int, diagnostics: bool, modul
 
     ``diagnostics``: the call records something every step (energies, trajectory, grad norms),
     which runs eagerly. ``modules`` / ``parts``: the leaves' modules and
-    :func:`ebm_fast.leaf_eval.inspect_model` results.
+    :func:`ebm_fast.model_state.inspect_model` results.
     """
     if graph is False:
         return False, ""

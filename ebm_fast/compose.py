@@ -374,7 +374,7 @@ def _at_column(e: Expr, j: int) -> Expr:
 class Negated:
     """``x, ... -> -f(x, ...)``: a score or log-density to climb, turned into an energy to descend.
 
-    Plain attributes only, so :func:`ebm_fast.leaf_eval.inspect_model` finds the modules ``f`` holds.
+    Plain attributes only, so :func:`ebm_fast.model_state.inspect_model` finds the modules ``f`` holds.
     """
 
     def __init__(self, f: Callable[..., Tensor]):

@@ -9,7 +9,7 @@ cached chain: the state, the conditions, the step-size/noise window, the RNG see
 that the graph itself advances, so every replay draws fresh noise (docs/contract.md §4) without a host sync.
 
 Cache. A captured chain is reused by later calls whose *key* matches: the expression's program
-table, every leaf's model fingerprint (:func:`ebm_fast.leaf_eval.inspect_model`), the storage of
+table, every leaf's model fingerprint (:func:`ebm_fast.model_state.inspect_model`), the storage of
 every parameter and buffer of the models (data pointer, shape, dtype) and their train/eval flags,
 the conditions' shapes and dtypes (their *values* are copied into the static buffers per call), the
 state's shape/dtype/device, the backend, order, clip, clamp, grouping, autocast and compile options

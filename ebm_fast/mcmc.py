@@ -1,6 +1,6 @@
 """Exact samplers on composed energies: MALA and HMC with a per-chain Metropolis accept.
 
-Both target ``p(x) ∝ exp(-e(x) / T)`` for the composed energy ``e`` of an expression (SPEC §2) and
+Both target ``p(x) ∝ exp(-e(x) / T)`` for the composed energy ``e`` of an expression (docs/contract.md §2) and
 temperature ``T``; the unadjusted chain of :mod:`ebm_fast.sampler` carries a discretisation bias
 that these remove (docs/mcmc.md measures it). A chain is three small parts, as for Langevin:
 
@@ -21,7 +21,7 @@ that these remove (docs/mcmc.md measures it). A chain is three small parts, as f
 * the driver (:func:`sample`) -- a warm-up that adapts the step sizes (:class:`Adapt`, not part of
   the returned chain), then a Python loop or replays of a captured CUDA graph of ``S`` steps.
 
-RNG steps: update ``k = 1, 2, ...`` (warm-up updates first) draws ``xi(seed, k, j)`` (SPEC §4) for
+RNG steps: update ``k = 1, 2, ...`` (warm-up updates first) draws ``xi(seed, k, j)`` (docs/contract.md §4) for
 the proposal noise (MALA) or the momentum (HMC), and the accept uniform of chain ``b`` from the
 counter ``(lo32 b, hi32 b, lo32 k, hi32 k XOR 2**31)`` (:func:`ebm_fast.mcmc_reference.accept_uniform`).
 So a seed fixes the chain on every backend.
@@ -41,7 +41,8 @@ from torch import Tensor
 from . import graphs, ops
 from .chain_setup import check_int, graph_key, graph_plan, graphed_chain, replay_lengths
 from .compose import Expr
-from .leaf_eval import LeafEvaluator, frozen_parameters, inspect_model
+from .leaf_eval import LeafEvaluator
+from .model_state import frozen_parameters, inspect_model
 from .mcmc_reference import METHODS, PHASE_HMC, PHASE_HMC_FIRST, PHASE_MALA
 from .rng import draw_seed, seed_to_int64
 

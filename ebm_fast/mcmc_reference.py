@@ -4,7 +4,7 @@ Two operations cover both samplers (docs/mcmc.md states the contract; every back
 same functions with fp32 arithmetic):
 
 * **move** -- one pass over ``[B, D]`` that composes the leaves' gradients with the program's
-  per-sample weights (SPEC §2) and moves the state:
+  per-sample weights (docs/contract.md §2) and moves the state:
 
   ====== ============================ =========================================================
   phase  name                         update (``g = sum_i w_i G_i``, ``eps`` per chain, ``T``)
@@ -14,7 +14,7 @@ same functions with fp32 arithmetic):
   2      HMC leapfrog step            ``p = p - (eps / T) g``;  ``x' = x + eps m^-1 p``
   ====== ============================ =========================================================
 
-  with ``xi = xi(seed, step, b D + d)`` the normal noise of SPEC §4. It also writes the composed
+  with ``xi = xi(seed, step, b D + d)`` the normal noise of docs/contract.md §4. It also writes the composed
   energy at ``x``. Phase 1's kick is the leapfrog's first half kick; phase 2's is the merged
   "last half kick of one leapfrog step + first half kick of the next".
 
@@ -29,7 +29,7 @@ same functions with fp32 arithmetic):
     ``sum xi^2 / 2`` for ``p = sqrt(m) xi``);
   * ``u = uint_to_uniform_float(r0)`` of ``Philox4x32-10(key=seed, counter=(lo32 b, hi32 b,
     lo32 step, hi32 step XOR 2**31))`` (:func:`accept_uniform`; bit 31 of the last counter word
-    keeps it apart from every noise counter of SPEC §4 while ``step < 2**63``);
+    keeps it apart from every noise counter of docs/contract.md §4 while ``step < 2**63``);
   * accepted iff ``log a`` is finite and ``u < exp(min(log a, 0))`` (a NaN or infinite ratio, from a
     non-finite proposal, rejects); accepted rows of ``x``, ``G``, ``E`` and ``e`` take the
     proposal's values, ``accept_out = 1`` or ``0``, ``alpha_out = exp(min(log a, 0))`` (0 where
@@ -89,7 +89,7 @@ def accept_uniform(seed: int | Tensor, step: int | Tensor, batch: int, device: t
 
 
 def _composed(grads: Tensor, energies: Tensor, table: Tensor) -> tuple[Tensor, Tensor]:
-    """``(g [B, D], e [B])``: the composed gradient and energy (SPEC §2) in fp32."""
+    """``(g [B, D], e [B])``: the composed gradient and energy (docs/contract.md §2) in fp32."""
     n = grads.shape[0]
     program = Program(table=table, num_leaves=n, leaf_signs=(), description="")
     w, e = program.weights_and_energy(energies.float())

@@ -36,7 +36,7 @@ from __future__ import annotations
 import functools
 import math
 import numbers
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 from torch import Tensor

@@ -200,7 +200,7 @@ def program_weights(table_ptr, e_ptr, offs_b, bmask, B, BLOCK_B: tl.constexpr, N
 
 @triton.jit
 def _normal4(s, t, q):
-    """The four normals of Philox group ``q`` at ``(seed s, step t)`` (SPEC §4)."""
+    """The four normals of Philox group ``q`` at ``(seed s, step t)`` (docs/contract.md §4)."""
     zero = q * 0
     r0, r1, r2, r3 = tl.philox(s, q.to(tl.uint32), (q >> 32).to(tl.uint32), (zero + (t & 0xFFFFFFFF)).to(tl.uint32),
                                (zero + ((t >> 32) & 0xFFFFFFFF)).to(tl.uint32))
@@ -211,7 +211,7 @@ def _normal4(s, t, q):
 
 @triton.jit
 def normal_at(s, t, rows, offs_d, D):
-    """``xi(seed, step, j)`` for ``j = row * D + d`` (SPEC §4): one Philox call per element, lane ``j % 4``."""
+    """``xi(seed, step, j)`` for ``j = row * D + d`` (docs/contract.md §4): one Philox call per element, lane ``j % 4``."""
     j = rows[:, None] * D + offs_d[None, :]
     n0, n1, n2, n3 = _normal4(s, t, j // 4)
     lane = j % 4

@@ -14,7 +14,7 @@ per chain).
   last half kick), then the decision is made per chain; the second copies the proposal's state,
   gradients and energies into the accepted chains (nothing is written for a rejected one).
 
-Noise: each element runs its own Philox call and keeps lane ``j % 4`` (SPEC §4), so any ``D`` works.
+Noise: each element runs its own Philox call and keeps lane ``j % 4`` (docs/contract.md §4), so any ``D`` works.
 Loops over D chunks and program rows have constexpr bounds (Triton's interpreter cannot run a loop
 bounded by a runtime argument); a chain keeps one ``D`` and one program, so this compiles once.
 """

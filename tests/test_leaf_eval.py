@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 import ebm_fast as ef
-from ebm_fast.leaf_eval import (LeafEvaluator, couples_samples, energy_terms, frozen_parameters, inspect_model,
-                                stateful_parts)
+from ebm_fast.leaf_eval import LeafEvaluator, energy_terms
+from ebm_fast.model_state import couples_samples, frozen_parameters, inspect_model, stateful_parts
 from ebm_fast.models import EnergyEnsemble
 
 from support import TOL

@@ -130,6 +130,40 @@ def judged_samples(model, setting: str, targets: dict, *, guidance: float, level
     return images, {k: float(v.float().mean()) for k, v in ok.items()}
 
 
+DISJUNCTIONS = ("red|blue", "red|blue:raw")
+
+
+def judged_disjunction(model, setting: str, n: int, *, data: torch.Tensor, guidance: float, levels: int,
+                       correctors: int, step_scale: float, seed: int, judges, resolution: int = 32,
+                       t_min: int = 1, calibration_levels: int = 20) -> tuple[torch.Tensor, dict]:
+    """Samples of the mixture "red or blue" (equal weights) and the judged fractions of each colour.
+
+    ``"red|blue"``: :func:`ebm_fast.diffusion.disjunction`, its terms' constants calibrated on the
+    training images ``data`` (model coordinates) at ``calibration_levels`` levels; ``"red|blue:raw"``:
+    a plain ``ef.Or`` of the two guided terms (the log-sum-exp of uncalibrated energies).
+    """
+    import ebm_fast as ef
+
+    from ..diffusion import conjunction, disjunction, sample_annealed
+    from . import scenes
+
+    names = scenes.COLOR_NAMES
+    conds = [{"color": names.index("red")}, {"color": names.index("blue")}]
+    lv = model.schedule.levels(levels, t_min=t_min)
+    g = torch.Generator().manual_seed(seed)
+    if setting == "red|blue":
+        expr = disjunction(model, conds, x0=data, levels=model.schedule.levels(calibration_levels, t_min=t_min),
+                           weights=guidance, generator=g)
+    else:
+        expr = ef.Or(*[conjunction(model, [c], weights=[guidance]) for c in conds])
+    x0 = torch.randn(n, model.config["channels"], resolution, resolution, generator=g)
+    x = sample_annealed(expr, x0, levels=lv, corrector_steps=correctors, step_scale=step_scale, seed=seed)
+    images = ((x + 1) / 2).clamp(0, 1)
+    judged = judges.predict(images)["color"]
+    red, blue = (float((judged == judges.colors.index(c)).float().mean()) for c in ("red", "blue"))
+    return images, {"red": red, "blue": blue, "red_or_blue": red + blue}
+
+
 def cmd_grid(args) -> int:
     import json
 
@@ -147,14 +181,24 @@ def cmd_grid(args) -> int:
                "n": args.n, "seed": args.seed,
                "guidance": args.guidance, "levels": args.levels, "correctors": args.correctors,
                "step_scale": args.step_scale, "t_min": args.t_min, "accuracy": {}}
+    resolution = meta.get("scene_config", {}).get("resolution", 32)
+    data = None
     for k, setting in enumerate(args.settings):
-        images, acc = judged_samples(model, setting, targets, guidance=args.guidance, levels=args.levels,
-                                     correctors=args.correctors, step_scale=args.step_scale, seed=args.seed + k,
-                                     judges=judges, resolution=meta.get("scene_config", {}).get("resolution", 32),
-                                     t_min=args.t_min)
+        common = dict(guidance=args.guidance, levels=args.levels, correctors=args.correctors,
+                      step_scale=args.step_scale, seed=args.seed + k, judges=judges, resolution=resolution,
+                      t_min=args.t_min)
+        if setting in DISJUNCTIONS:
+            if data is None:  # calibration samples of p(x): training images the run never drew from last
+                sc = meta["scene_config"]
+                images_u8, _, _ = load_training_data(sc["n"], sc["resolution"], sc["seed"])
+                data = images_u8[-args.calibration_images:].float() / 127.5 - 1
+            images, acc = judged_disjunction(model, setting, args.n, data=data, **common)
+        else:
+            images, acc = judged_samples(model, setting, targets, **common)
         results["accuracy"][setting] = acc
         u8 = (images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
-        save_image_grid(out / f"{setting.replace('&', '_and_')}.png", u8, ncols=8, scale=3)
+        fname = setting.replace("&", "_and_").replace("|", "_or_").replace(":", "_")
+        save_image_grid(out / f"{fname}.png", u8, ncols=8, scale=3)
         print(f"{setting}: " + " ".join(f"{a} {v:.3f}" for a, v in acc.items()), flush=True)
     (out / "results.json").write_text(json.dumps(results, indent=1))
     return 0
@@ -189,7 +233,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="which weights of a trainer checkpoint: the EMA or the raw model")
     g.add_argument("--out", default="runs/diffusion/grid")
     g.add_argument("--judges", default=None, help="judges file (default: the shipped 64x64 judges)")
-    g.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    g.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS) + list(DISJUNCTIONS))
+    g.add_argument("--calibration-images", type=int, default=256,
+                   help="training images that calibrate a disjunction's terms")
     g.add_argument("--n", type=int, default=32)
     g.add_argument("--seed", type=int, default=9001, help="evaluation seed (targets, starting noise, chains)")
     g.add_argument("--guidance", type=float, default=3.0)
