@@ -34,8 +34,8 @@ _LAZY = {
     "ReplayBuffer": "replay",
     "sample_annealed": "diffusion",
 }
-# Subpackages reachable as attributes (``ef.diffusion``) without an explicit import.
-_LAZY_SUBPACKAGES = ("diffusion",)
+# Modules reachable as attributes (``ef.diffusion``, ``ef.mcmc``) without an explicit import.
+_LAZY_SUBPACKAGES = ("diffusion", "mcmc")
 
 
 def __getattr__(name: str):

@@ -68,14 +68,19 @@ def test_core_module_does_not_import_the_reproduction_or_the_cli(path):
     assert not bad, f"{path.relative_to(PKG.parent)} imports {bad}: the library core must not use them"
 
 
-def test_importing_the_public_api_loads_no_reproduction_module():
-    code = ("import sys, ebm_fast as ef\n"
-            "ef.sample, ef.langevin, ef.ReplayBuffer\n"
-            "import ebm_fast.train, ebm_fast.infer, ebm_fast.models\n"
-            "print(sorted(m for m in sys.modules if m.startswith(('ebm_fast.paper', 'ebm_fast.cli'))))\n")
+def _python_prints(code: str) -> str:
+    """What a fresh interpreter running ``code`` prints (it must succeed)."""
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "[]", proc.stdout
+    return proc.stdout.strip()
+
+
+def test_importing_the_public_api_loads_no_reproduction_module():
+    code = ("import sys, ebm_fast as ef\n"
+            "ef.sample, ef.langevin, ef.ReplayBuffer, ef.mcmc, ef.diffusion\n"
+            "import ebm_fast.training, ebm_fast.infer, ebm_fast.models, ebm_fast.chains\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('ebm_fast.paper', 'ebm_fast.cli'))))\n")
+    assert _python_prints(code) == "[]"
 
 
 def test_old_module_paths_still_import_with_a_deprecation_warning():
@@ -86,6 +91,4 @@ def test_old_module_paths_still_import_with_a_deprecation_warning():
             "import ebm_fast.paper.judges as new\n"
             "assert old is new\n"
             "print(sorted({str(x.category.__name__) for x in w}), len(w))\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "['DeprecationWarning'] 3", proc.stdout
+    assert _python_prints(code) == "['DeprecationWarning'] 3"
