@@ -71,6 +71,15 @@ def _cases(tmp: Path) -> list[tuple[list[str], str]]:
          "expected a position model"),
         # eval models
         (["eval", "models", missing, "--rows", "position"], "no config.json"),
+        # eval four-way, multi-object, extrapolation
+        (["eval", "four-way", "--n", "0", "--out", str(tmp / "f")], "--n"),
+        (["eval", "four-way", "--concepts", missing, "--out", str(tmp / "f")], "missing"),
+        (["eval", "multi-object", "--out", str(tmp / "m")], "expected --concept"),
+        (["eval", "multi-object", "--concept", str(SHIPPED / "color.pt"), "--out", str(tmp / "m")],
+         "expected a position model"),
+        (["eval", "extrapolation", "--out", str(tmp / "x")], "expected --models"),
+        (["eval", "extrapolation", "--models", missing, "--fractions", "0.1", "--train-regressor",
+          "--out", str(tmp / "x")], "no such file"),
         # infer
         (["infer", "--model", missing + ".pt", "--images", str(npz)], "no such file"),
         (["infer", "--model", str(SHIPPED / "position.pt"), "--images", str(bad_png)], "not a readable image"),

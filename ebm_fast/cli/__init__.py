@@ -9,6 +9,9 @@
     ebm-fast eval composition [...]     the paper's Tables 1 and 2, judged               (cli/eval_composition.py)
     ebm-fast eval inference [...]       the paper's Table 3 and Fig. 11                  (cli/eval_inference.py)
     ebm-fast eval models RUN [...]      judge a run's exported models, pick the best     (cli/eval_models.py)
+    ebm-fast eval four-way [...]        the paper's Fig. 4, judged                       (cli/eval_four_way.py)
+    ebm-fast eval multi-object [...]    the paper's Fig. 6, green objects detected       (cli/eval_multi_object.py)
+    ebm-fast eval extrapolation [...]   the paper's Fig. 9 (section 3.4), regressed      (cli/eval_extrapolation.py)
     ebm-fast infer [...]                infer positions from images with a position EBM  (cli/infer.py)
     ebm-fast models combine A B --out C save several models of one concept as one        (cli/models_combine.py)
 
@@ -36,6 +39,9 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("eval", "composition"): ("eval_composition", "judge the paper's composition tables (1 and 2)"),
     ("eval", "inference"): ("eval_inference", "Table 3 / Fig. 11: position inference vs a ResNet regressor"),
     ("eval", "models"): ("eval_models", "judge every model a training run exported and pick the best"),
+    ("eval", "four-way"): ("eval_four_way", "Fig. 4: conjunctions adding one concept per row, judged"),
+    ("eval", "multi-object"): ("eval_multi_object", "Fig. 6: two positions of one concept, green objects detected"),
+    ("eval", "extrapolation"): ("eval_extrapolation", "Fig. 9: size x position combinations never seen in training"),
     ("infer",): ("infer", "infer the position behind images with a position EBM"),
     ("models", "combine"): ("models_combine", "save several models of one concept as one concept file"),
 }

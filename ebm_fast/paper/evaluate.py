@@ -49,7 +49,8 @@ from ..progress import progress_bar
 from ..chains import ChainSettings, concepts_resolution, sample_images, to_uint8
 
 __all__ = ["Term", "Row", "TABLE1", "TABLE2", "EXTRA", "ROWS", "RowResult", "draw_targets", "build_expr", "score",
-           "confusion_counts", "evaluate_row", "evaluate", "format_table", "write_report", "continual_commands", "tile_labels"]
+           "confusion_counts", "evaluate_row", "evaluate", "format_table", "write_report", "continual_commands", "tile_labels",
+           "report_start", "report_finish"]
 
 FULL = (-1.0, 1.0, -1.0, 1.0)          # (x_lo, x_hi, y_lo, y_hi)
 LOWER_LEFT = (-1.0, 0.0, -1.0, 0.0)
@@ -429,6 +430,28 @@ def write_report(results: Sequence[RowResult], out: str | Path, info: Mapping | 
         md += confusion_markdown(r)
     payload = json.dumps({"info": info, "rows": [r.to_dict() for r in results]}, indent=2).encode()
     atomic_write(out / "results.json", lambda f: f.write(payload))
+    text = "\n".join(md).encode()
+    return atomic_write(out / "report.md", lambda f: f.write(text))
+
+
+def report_start(out: str | Path, title: str, intro: str, info: Mapping | None) -> tuple[Path, list[str]]:
+    """The report folder ``out`` (created) and the first markdown lines of a report: ``title``, the
+    ``intro`` paragraph and a settings line from ``info``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    md = [f"# {title}", "", intro, ""]
+    if info:
+        md += ["Settings: " + ", ".join(f"`{k}={v}`" for k, v in info.items()), ""]
+    return out, md
+
+
+def report_finish(out: Path, payload: Mapping, md: Sequence[str]) -> Path:
+    """Write ``out/results.json`` (``payload``) and ``out/report.md`` (``md`` lines) atomically; returns the
+    report's path."""
+    from ..atomic_file import atomic_write
+
+    blob = json.dumps(payload, indent=2).encode()
+    atomic_write(out / "results.json", lambda f: f.write(blob))
     text = "\n".join(md).encode()
     return atomic_write(out / "report.md", lambda f: f.write(text))
 
