@@ -25,9 +25,9 @@ def fresh_seed() -> int:
 
 
 @pytest.mark.parametrize("fraction", [0.01, 0.05, 0.1, 0.5])
-def test_test_targets_are_combinations_the_split_never_shows(fraction):
+def test_unseen_targets_are_combinations_the_split_never_shows(fraction):
     cfg = ex.training_config(fraction, n=400, seed=fresh_seed())
-    pos, size = ex.test_targets(300, fresh_seed(), cfg)
+    pos, size = ex.unseen_targets(300, fresh_seed(), cfg)
     assert pos.shape == (300, 2) and size.shape == (300,)
     assert S.unseen_combination(cfg, pos.numpy(), size.numpy()).all()
     labels = S.sample_scene_params(cfg)  # and the training scenes never hold one
@@ -37,7 +37,7 @@ def test_test_targets_are_combinations_the_split_never_shows(fraction):
     smaller = ex.training_config(fraction / 2, n=1)
     assert S.unseen_combination(smaller, pos.numpy(), size.numpy()).all()
     with pytest.raises(ValueError, match="split_fraction"):
-        ex.test_targets(3, 0, ex.training_config(1.0, n=1))
+        ex.unseen_targets(3, 0, ex.training_config(1.0, n=1))
 
 
 def test_exported_training_set_has_the_joint_label_the_trainer_reads(tmp_path):

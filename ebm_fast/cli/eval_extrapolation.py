@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         regressor.save(out / "regressor.pt", {"scenes": cfg.to_dict(), "steps": a.regressor_steps})
     # the test combinations: hidden by the largest split below 1, so by every smaller one too
     reference = ex.training_config(max(f for f in a.fractions if f < 1), 1, resolution)
-    pos, size = ex.test_targets(a.n, a.seed, reference)
+    pos, size = ex.unseen_targets(a.n, a.seed, reference)
     # the regressor's floor: its error on renders of the test targets themselves
     labels = scenes.sample_scene_params(reference.replace(n=a.n, seed=a.seed + 2, split_fraction=None))
     labels["pos"], labels["size"] = pos.numpy().astype("float32"), size.numpy().astype("float32")

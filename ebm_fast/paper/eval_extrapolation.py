@@ -7,7 +7,7 @@ combination. On each, three models are trained (:func:`train_commands`): a posit
 concept and, as the paper's baseline, one model of the same architecture conditioned on both
 (label ``pos_size`` = ``(x, y, size)``, written by :func:`export_training_set`).
 
-Test: ``n`` (position, size) targets that no split below 1 shows (:func:`test_targets`: positions
+Test: ``n`` (position, size) targets that no split below 1 shows (:func:`unseen_targets`: positions
 outside the largest evaluated split's corner, which holds the smaller ones', and sizes below the large
 ones). Each fraction's ``position(p) & size(s)`` and its joint model at ``(p, s)`` are sampled, and a
 regressor trained on scenes of every combination (:class:`SizePositionRegressor`) measures each
@@ -34,7 +34,7 @@ from .evaluate import report_finish, report_start
 from .regressor import PositionRegressor, as_float_images, load_regressor, save_regressor, train_regressor
 
 __all__ = ["FRACTIONS", "MODEL_FILES", "fraction_tag", "training_config", "all_combinations_config",
-           "export_training_set", "train_commands", "test_targets", "SizePositionRegressor", "measure",
+           "export_training_set", "train_commands", "unseen_targets", "SizePositionRegressor", "measure",
            "evaluate_fraction", "write_extrapolation_report"]
 
 FRACTIONS = (0.01, 0.05, 0.1, 1.0)  # the paper's Fig. 9
@@ -88,7 +88,7 @@ def train_commands(data: str | Path, models: str | Path, runs: str | Path, resol
             f"cp {Path(runs) / k / 'model.pt'} {Path(models) / MODEL_FILES[k]}" for k in MODEL_FILES]
 
 
-def test_targets(n: int, seed: int, config) -> tuple[Tensor, Tensor]:
+def unseen_targets(n: int, seed: int, config) -> tuple[Tensor, Tensor]:
     """``n`` positions ``(n, 2)`` and sizes ``(n,)`` that ``config``'s split never shows: positions
     uniform outside :func:`ebm_fast.paper.scenes.split_region` (by rejection), sizes uniform below
     ``split_large_range``."""
