@@ -34,7 +34,12 @@ def test_eval_targets_are_seeded_and_in_range():
 
 
 class _Judges:
-    """Stands in for the judges: records the targets and calls every sample correct."""
+    """Stands in for the judges: records the targets and calls every sample correct (and blue)."""
+
+    colors = ("red", "green", "blue")
+
+    def predict(self, images):
+        return {"color": torch.full((images.shape[0],), 2)}
 
     def correct(self, images, targets):
         self.seen = (images, targets)
@@ -52,3 +57,13 @@ def test_judged_samples_runs_the_conjunction_and_judges_the_conditioned_attribut
                                     step_scale=0.1, seed=4, judges=judges, resolution=32)
     assert images.shape == (3, 3, 32, 32) and float(images.min()) >= 0 and float(images.max()) <= 1
     assert set(judges.seen[1]) == {"pos", "color"} and acc == {"pos": 1.0, "color": 1.0, "all": 1.0}
+
+
+@pytest.mark.parametrize("setting", dc.DISJUNCTIONS)
+def test_judged_disjunction_runs_and_counts_the_judged_colours(setting):
+    torch.manual_seed(int(torch.randint(0, 2 ** 31, (1,))))
+    model = EnergyUNet(VPSchedule(100), dc.SCENE_ATTRIBUTES, base=8, mults=(1, 2), emb=16).requires_grad_(False)
+    data = torch.rand(6, 3, 32, 32) * 2 - 1
+    images, acc = dc.judged_disjunction(model, setting, 3, data=data, guidance=2.0, levels=3, correctors=0,
+                                        step_scale=0.1, seed=2, judges=_Judges(), calibration_levels=2)
+    assert images.shape == (3, 3, 32, 32) and acc == {"red": 0.0, "blue": 1.0, "red_or_blue": 1.0}

@@ -188,7 +188,7 @@ def cmd_grid(args) -> int:
                       step_scale=args.step_scale, seed=args.seed + k, judges=judges, resolution=resolution,
                       t_min=args.t_min)
         if setting in DISJUNCTIONS:
-            if data is None:  # calibration samples of p(x): training images the run never drew from last
+            if data is None:  # calibration samples of p(x), which the unconditional energy models: training images
                 sc = meta["scene_config"]
                 images_u8, _, _ = load_training_data(sc["n"], sc["resolution"], sc["seed"])
                 data = images_u8[-args.calibration_images:].float() / 127.5 - 1
@@ -242,7 +242,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--levels", type=int, default=50)
     g.add_argument("--correctors", type=int, default=0)
     g.add_argument("--step-scale", type=float, default=0.1)
-    g.add_argument("--t-min", type=int, default=1, help="last level of the reverse process (Tweedie's estimate from there)")
+    g.add_argument("--t-min", type=int, default=1,
+                   help="last level of the reverse process (Tweedie's estimate from there)")
     g.add_argument("--threads", type=int, default=1)
     return p
 
