@@ -71,6 +71,11 @@ def _cases(tmp: Path) -> list[tuple[list[str], str]]:
          "expected a position model"),
         # eval models
         (["eval", "models", missing, "--rows", "position"], "no config.json"),
+        # eval diffusion; train --objective dsm
+        (["eval", "diffusion", "--model", missing + ".pt", "--out", str(tmp / "d")], "no such file"),
+        (["eval", "diffusion", "--settings", "no_such_setting"], "invalid choice"),
+        (["train", "--objective", "dsm", "--lr", "abc"], "invalid float"),
+        (["train", "--objective=dsm", "--out", str(not_a_dir / "run")], "cannot create the folder"),
         # eval four-way, multi-object, extrapolation
         (["eval", "four-way", "--n", "0", "--out", str(tmp / "f")], "--n"),
         (["eval", "four-way", "--concepts", missing, "--out", str(tmp / "f")], "missing"),

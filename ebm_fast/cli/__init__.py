@@ -9,6 +9,7 @@
     ebm-fast eval composition [...]     the paper's Tables 1 and 2, judged               (cli/eval_composition.py)
     ebm-fast eval inference [...]       the paper's Table 3 and Fig. 11                  (cli/eval_inference.py)
     ebm-fast eval models RUN [...]      judge a run's exported models, pick the best     (cli/eval_models.py)
+    ebm-fast eval diffusion [...]       judge a diffusion-trained energy's concepts      (cli/eval_diffusion.py)
     ebm-fast eval four-way [...]        the paper's Fig. 4, judged                       (cli/eval_four_way.py)
     ebm-fast eval multi-object [...]    the paper's Fig. 6, green objects detected       (cli/eval_multi_object.py)
     ebm-fast eval extrapolation [...]   the paper's Fig. 9 (section 3.4), regressed      (cli/eval_extrapolation.py)
@@ -38,6 +39,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("sample",): ("sample", "sample a concept expression to a PNG grid or an .npz"),
     ("eval", "composition"): ("eval_composition", "judge the paper's composition tables (1 and 2)"),
     ("eval", "inference"): ("eval_inference", "Table 3 / Fig. 11: position inference vs a ResNet regressor"),
+    ("eval", "diffusion"): ("eval_diffusion", "sample and judge the concepts of a diffusion-trained energy"),
     ("eval", "models"): ("eval_models", "judge every model a training run exported and pick the best"),
     ("eval", "four-way"): ("eval_four_way", "Fig. 4: conjunctions adding one concept per row, judged"),
     ("eval", "multi-object"): ("eval_multi_object", "Fig. 6: two positions of one concept, green objects detected"),

@@ -1,6 +1,8 @@
 """``ebm-fast train``: train a conditional EBM; the options are :class:`~ebm_fast.training.TrainConfig`'s
 fields (:mod:`ebm_fast.training.options`). Under ``torchrun -m ebm_fast.cli train`` it trains with
-DistributedDataParallel. ``--objective`` picks the training objective (``cd`` today)."""
+DistributedDataParallel. ``--objective`` picks the training objective: ``cd`` (the default, contrastive
+divergence) or ``dsm`` (denoising score matching of one energy-parameterized diffusion model over the scene
+attributes, :mod:`ebm_fast.paper.diffusion_concepts`; its own options, ``--objective dsm --help``)."""
 
 from __future__ import annotations
 
@@ -23,8 +25,34 @@ def _parser() -> Parser:
     return p
 
 
+def _split_objective(argv: list[str]) -> tuple[str | None, list[str]]:
+    """The value of ``--objective`` in ``argv`` (None when absent) and the other arguments."""
+    for i, a in enumerate(argv):
+        if a == "--objective" and i + 1 < len(argv):
+            return argv[i + 1], argv[:i] + argv[i + 2:]
+        if a.startswith("--objective="):
+            return a.split("=", 1)[1], argv[:i] + argv[i + 1:]
+    return None, list(argv)
+
+
+def _dsm_main(argv: list[str]) -> int:
+    from ..paper.diffusion_concepts import add_train_arguments, cmd_train
+
+    p = Parser(prog="ebm-fast train --objective dsm", description=(
+        "Train (or resume) one energy-parameterized diffusion model of the scenes, conditioned on position, "
+        "colour, shape and size (each dropped with probability --drop), by denoising score matching. Writes "
+        "OUT/log.txt, OUT/ckpt/ and OUT/ema.pt every --checkpoint-seconds; the same command resumes."))
+    add_train_arguments(p)
+    args = p.parse_args(argv)
+    writable_dir(args.out, "--out")
+    return cmd_train(args)
+
+
 @command("train")
 def main(argv: list[str] | None = None) -> int:
+    objective, rest = _split_objective(list(argv or []))
+    if objective == "dsm":
+        return _dsm_main(rest)
     args = _parser().parse_args(argv)
     from ..paper import training_data  # noqa: F401 - registers the "scenes" data source
     from ..training import Trainer

@@ -20,11 +20,11 @@ Attributes in the packed condition: ``pos`` in ``[-1, 1]^2`` (the dataset's norm
 
 Train (resumable with the same command)::
 
-    python -m ebm_fast.paper.diffusion_concepts train --out runs/diffusion/scenes32
+    ebm-fast train --objective dsm --out runs/diffusion/scenes32
 
 Sample a grid per attribute from the newest EMA export::
 
-    python -m ebm_fast.paper.diffusion_concepts grid --model runs/diffusion/scenes32/ema.pt --out runs/diffusion/grid
+    ebm-fast eval diffusion --model runs/diffusion/scenes32/ema.pt --out runs/diffusion/grid
 """
 
 from __future__ import annotations
@@ -204,47 +204,56 @@ def cmd_grid(args) -> int:
     return 0
 
 
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``train`` (also ``ebm-fast train --objective dsm``)."""
+    parser.add_argument("--out", default="runs/diffusion/scenes32")
+    parser.add_argument("--n-images", type=int, default=20000)
+    parser.add_argument("--resolution", type=int, default=32)
+    parser.add_argument("--data-seed", type=int, default=0)
+    parser.add_argument("--renderer", default="auto")
+    parser.add_argument("--T", type=int, default=1000)
+    parser.add_argument("--schedule", default="cosine")
+    parser.add_argument("--base", type=int, default=32)
+    parser.add_argument("--sigma-data", type=float, default=0.0, help="0: no skip term (default); > 0: EDM skip")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--ema", type=float, default=0.999)
+    parser.add_argument("--drop", type=float, default=0.5, help="probability of dropping each attribute")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--iterations", type=int, default=1_000_000)
+    parser.add_argument("--checkpoint-seconds", type=float, default=300.0)
+    parser.add_argument("--log-every", type=int, default=25)
+    parser.add_argument("--threads", type=int, default=1)
+
+
+def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``grid`` (also ``ebm-fast eval diffusion``)."""
+    parser.add_argument("--model", default="runs/diffusion/scenes32/ema.pt",
+                        help="an EMA export (ema.pt) or a trainer checkpoint (ckpt/last.pt, see --weights)")
+    parser.add_argument("--weights", default="ema", choices=["ema", "model"],
+                        help="which weights of a trainer checkpoint: the EMA or the raw model")
+    parser.add_argument("--out", default="runs/diffusion/grid")
+    parser.add_argument("--judges", default=None, help="judges file (default: the shipped 64x64 judges)")
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS) + list(DISJUNCTIONS))
+    parser.add_argument("--calibration-images", type=int, default=256,
+                        help="training images that calibrate a disjunction's terms")
+    parser.add_argument("--n", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=9001, help="evaluation seed (targets, starting noise, chains)")
+    parser.add_argument("--guidance", type=float, default=3.0)
+    parser.add_argument("--levels", type=int, default=50)
+    parser.add_argument("--correctors", type=int, default=0)
+    parser.add_argument("--step-scale", type=float, default=0.1)
+    parser.add_argument("--t-min", type=int, default=1,
+                        help="last level of the reverse process (Tweedie's estimate from there)")
+    parser.add_argument("--threads", type=int, default=1)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ebm_fast.paper.diffusion_concepts", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
-    t = sub.add_parser("train", help="train (or resume) the scenes diffusion model")
-    t.add_argument("--out", default="runs/diffusion/scenes32")
-    t.add_argument("--n-images", type=int, default=20000)
-    t.add_argument("--resolution", type=int, default=32)
-    t.add_argument("--data-seed", type=int, default=0)
-    t.add_argument("--renderer", default="auto")
-    t.add_argument("--T", type=int, default=1000)
-    t.add_argument("--schedule", default="cosine")
-    t.add_argument("--base", type=int, default=32)
-    t.add_argument("--sigma-data", type=float, default=0.0, help="0: no skip term (default); > 0: EDM skip")
-    t.add_argument("--batch-size", type=int, default=32)
-    t.add_argument("--lr", type=float, default=2e-4)
-    t.add_argument("--ema", type=float, default=0.999)
-    t.add_argument("--drop", type=float, default=0.5, help="probability of dropping each attribute")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--iterations", type=int, default=1_000_000)
-    t.add_argument("--checkpoint-seconds", type=float, default=300.0)
-    t.add_argument("--log-every", type=int, default=25)
-    t.add_argument("--threads", type=int, default=1)
-    g = sub.add_parser("grid", help="sample and judge each attribute (and a conjunction) from an EMA export")
-    g.add_argument("--model", default="runs/diffusion/scenes32/ema.pt",
-                   help="an EMA export (ema.pt) or a trainer checkpoint (ckpt/last.pt, see --weights)")
-    g.add_argument("--weights", default="ema", choices=["ema", "model"],
-                   help="which weights of a trainer checkpoint: the EMA or the raw model")
-    g.add_argument("--out", default="runs/diffusion/grid")
-    g.add_argument("--judges", default=None, help="judges file (default: the shipped 64x64 judges)")
-    g.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS) + list(DISJUNCTIONS))
-    g.add_argument("--calibration-images", type=int, default=256,
-                   help="training images that calibrate a disjunction's terms")
-    g.add_argument("--n", type=int, default=32)
-    g.add_argument("--seed", type=int, default=9001, help="evaluation seed (targets, starting noise, chains)")
-    g.add_argument("--guidance", type=float, default=3.0)
-    g.add_argument("--levels", type=int, default=50)
-    g.add_argument("--correctors", type=int, default=0)
-    g.add_argument("--step-scale", type=float, default=0.1)
-    g.add_argument("--t-min", type=int, default=1,
-                   help="last level of the reverse process (Tweedie's estimate from there)")
-    g.add_argument("--threads", type=int, default=1)
+    add_train_arguments(sub.add_parser("train", help="train (or resume) the scenes diffusion model"))
+    add_grid_arguments(sub.add_parser("grid", help="sample and judge each attribute (and a conjunction) from an "
+                                                   "EMA export"))
     return p
 
 

@@ -16,9 +16,9 @@ from ..models import MODEL_CONFIGS, POOLS
 
 __all__ = ["TrainConfig", "OBJECTIVES", "RESUME_OVERRIDABLE", "ATTRIBUTES", "label_key"]
 
-# Training objectives this package implements. "cd": contrastive divergence with Langevin negatives from
-# a replay buffer (Du & Mordatch 2019). A second objective (denoising score matching, ebm_fast.diffusion)
-# is added here and dispatched on in ebm_fast.cli.train.
+# Training objectives of this config. "cd": contrastive divergence with Langevin negatives from a replay
+# buffer (Du & Mordatch 2019). Denoising score matching ("dsm", ebm_fast.diffusion.DSMTrainer) has a
+# config of its own; `ebm-fast train --objective dsm` dispatches to it in ebm_fast.cli.train.
 OBJECTIVES = ("cd",)
 
 # dataset attribute -> (label key in the scenes labels, cond_type); class counts come from the dataset
@@ -50,8 +50,9 @@ class TrainConfig(DictConfig):
     """
 
     out: str = _resumable("runs/concept", "output folder: log.jsonl, samples/, ckpt/, model.pt")
-    objective: str = option("cd", "training objective: cd (contrastive divergence with Langevin negatives)",
-                            choices=OBJECTIVES)
+    objective: str = option("cd", "training objective: cd (contrastive divergence with Langevin negatives); "
+                                  "`ebm-fast train --objective dsm` trains a diffusion energy instead "
+                                  "(its options: --objective dsm --help)", choices=OBJECTIVES)
     # data
     data: str = option("scenes", "'scenes' or the path of an .npz with images and label_<name> arrays")
     cond: str = option("position", "label conditioning the model: position, color, shape, size, another label key, "
