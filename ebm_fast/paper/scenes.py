@@ -75,7 +75,7 @@ key                       shape         dtype      meaning
 ``clutter_pos``           (N, C, 2)     float32    normalised (x, y) in [-1, 1]^2
 ========================  ============  =========  ====================================
 
-Why one module of ~870 lines: the parameter draw, the MuJoCo scene description, the render workers,
+Why one module of ~1000 lines: the parameter draw, the MuJoCo scene description, the render workers,
 the cache and the dataset class all read the constants above and one draw order, and a change to any
 of them changes the cache key; the NumPy ray caster, which only consumes labels, lives apart
 (:mod:`ebm_fast.paper.numpy_render`).
