@@ -204,13 +204,9 @@ class CheckpointManager:
         writes a run's checkpoints."""
         if not self.directory.is_dir():
             return []
-        gone = []
-        for tmp in self.directory.glob(f".{self.LAST}.*.tmp"):
-            try:
-                tmp.unlink()
-                gone.append(tmp)
-            except FileNotFoundError:
-                pass
+        gone = list(self.directory.glob(f".{self.LAST}.*.tmp"))
+        for tmp in gone:
+            tmp.unlink(missing_ok=True)
         return gone
 
     def load_latest(self, map_location: Any = "cpu",

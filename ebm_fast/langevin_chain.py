@@ -18,7 +18,6 @@ device), so a CUDA chain never waits on the host and its steps can be captured i
 
 from __future__ import annotations
 
-import numbers
 from typing import Any, Callable, Sequence
 
 import torch
@@ -28,18 +27,14 @@ from . import ops
 from .compose import Concept
 from .leaf_eval import LeafEvaluator
 from .rng import normal_noise, seed_to_int64
-from .schedules import schedule_values
+from .schedules import schedule_list
 
 __all__ = ["Chain", "drive", "schedule", "schedule_by_step", "nonfinite_message"]
 
 
 def schedule(name: str, v: Any, steps: int, device: torch.device) -> list[float] | Tensor:
     """A step-size or noise schedule: K host floats, or a float32 ``[K]`` tensor on a non-CPU device."""
-    if isinstance(v, bool):
-        raise TypeError(f"{name} must be a number or a schedule of {steps} numbers, got a bool")
-    if isinstance(v, numbers.Real):
-        vals = [float(v)] * steps
-    elif isinstance(v, Tensor):
+    if isinstance(v, Tensor):
         if v.dim() != 1 or v.shape[0] != steps:
             raise ValueError(f"{name} as a tensor must be a schedule of shape ({steps},) (one entry per step), "
                              f"got shape {tuple(v.shape)}")
@@ -49,17 +44,8 @@ def schedule(name: str, v: Any, steps: int, device: torch.device) -> list[float]
             # stays on the device: its values are not checked here (that would sync); a non-finite
             # entry shows up in the non-finite flag
             return v.detach().to(device=device, dtype=torch.float32)
-        vals = [float(t) for t in v.detach().cpu().tolist()]
-    elif isinstance(v, Sequence) and not isinstance(v, str):
-        if len(v) != steps:
-            raise ValueError(f"{name} schedule must have one entry per step ({steps}), got {len(v)}")
-        try:
-            vals = [float(t) for t in v]
-        except (TypeError, ValueError):
-            raise TypeError(f"{name} schedule must hold numbers, got {v!r}") from None
-    else:  # a callable of the update index or a scheduler object (get_value/step), else TypeError
-        vals = schedule_values(name, v, steps)
-    return [ops.check_scale(name, t) for t in vals]  # the rule of ops.langevin_step
+    # numbers, sequences, host tensors, callables of the update index, scheduler objects
+    return [ops.check_scale(name, t) for t in schedule_list(name, v, steps)]  # the rule of ops.langevin_step
 
 
 def schedule_by_step(eta, sigma, order: str, device: torch.device, host: bool):

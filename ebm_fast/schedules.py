@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 from torch import Tensor
 
-__all__ = ["schedule_values", "is_scheduler", "noise_from_scale"]
+__all__ = ["schedule_values", "schedule_list", "is_scheduler", "noise_from_scale"]
 
 
 def is_scheduler(v: Any) -> bool:
@@ -68,8 +68,8 @@ def noise_from_scale(noise_scale: Any, step_size: Any, steps: int) -> float | li
     """
     if _is_number(noise_scale) and _is_number(step_size):
         return float(noise_scale) * math.sqrt(2.0 * max(float(step_size), 0.0))
-    s = _values("noise_scale", noise_scale, steps)
-    eta = _values("step_size", step_size, steps)
+    s = schedule_list("noise_scale", noise_scale, steps)
+    eta = schedule_list("step_size", step_size, steps)
     return [si * math.sqrt(2.0 * max(ei, 0.0)) for si, ei in zip(s, eta)]
 
 
@@ -77,7 +77,9 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
-def _values(name: str, v: Any, steps: int) -> list[float]:
+def schedule_list(name: str, v: Any, steps: int) -> list[float]:
+    """K host floats from a number, a sequence or a 1-D tensor of K numbers, a callable of the update
+    index or a scheduler object (their values are not range-checked here)."""
     if _is_number(v):
         return [float(v)] * steps
     if isinstance(v, Tensor):

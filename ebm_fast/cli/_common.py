@@ -32,16 +32,11 @@ class Parser(argparse.ArgumentParser):
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """The exception types that mean a mistake in the command line or its files."""
+    from PIL import UnidentifiedImageError  # Pillow is a dependency
+
     from ..checkpoint import CheckpointError
 
-    errors: list[type[BaseException]] = [UsageError, ValueError, OSError, CheckpointError]
-    try:
-        from PIL import UnidentifiedImageError
-
-        errors.append(UnidentifiedImageError)
-    except ImportError:  # pragma: no cover - Pillow is a dependency
-        pass
-    return tuple(errors)
+    return UsageError, ValueError, OSError, CheckpointError, UnidentifiedImageError
 
 
 def _one_line(exc: BaseException) -> str:
