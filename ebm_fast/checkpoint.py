@@ -25,6 +25,7 @@ import hashlib
 import io
 import os
 import random
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -177,22 +178,29 @@ class CheckpointManager:
     def save(self, state: dict) -> Path:
         """Write ``state`` as the new ``last.pt``; the old ``last.pt`` becomes ``prev.pt``.
 
-        The new bytes are on disk (fsync-ed) before anything is renamed; a crash between the two
-        renames leaves ``prev.pt`` as the newest good file, which :meth:`load_latest` finds.
-        A ``last.pt`` known to be corrupt (found so by :meth:`load_latest`) is dropped instead of
-        rotated, so ``prev.pt`` stays a good one.
+        The new bytes are on disk (fsync-ed) before anything is renamed, and ``last.pt`` exists at
+        every instant once the first save is done: the old ``last.pt`` is hard-linked (or, where
+        the file system has no hard links, copied) to a temporary that replaces ``prev.pt``, and
+        only then does the new file replace ``last.pt`` -- each step one atomic rename, so a
+        process killed anywhere in between leaves a good ``last.pt`` (the old or the new one).
+        A ``last.pt`` known to be corrupt (found so by :meth:`load_latest`) is left in place until
+        the new file replaces it instead of being rotated, so ``prev.pt`` stays a good one.
         """
         self.remove_orphans()
         tmp = _write_temp(_envelope_bytes(state), self.directory, self.LAST)
+        keep = self.directory / f".{self.LAST}.{os.getpid()}.prev.tmp"
         try:
-            if self.last.exists():
-                if self._last_is_bad:
-                    self.last.unlink()
-                else:
-                    os.replace(self.last, self.prev)
+            if self.last.exists() and not self._last_is_bad:
+                keep.unlink(missing_ok=True)
+                try:
+                    os.link(self.last, keep)
+                except OSError:
+                    shutil.copyfile(self.last, keep)
+                os.replace(keep, self.prev)
             os.replace(tmp, self.last)
         except BaseException:
             tmp.unlink(missing_ok=True)
+            keep.unlink(missing_ok=True)
             raise
         self._last_is_bad = False
         _fsync_dir(self.directory)

@@ -183,3 +183,43 @@ def test_rng_state_round_trip_through_a_checkpoint(tmp_path):
     assert torch.equal(expect[0], got[0])
     assert np.array_equal(expect[1], got[1])
     assert expect[2] == got[2] and expect[3] == got[3]
+
+
+@pytest.mark.parametrize("crash_at", [0, 1])
+def test_last_exists_at_every_instant_of_a_save(tmp_path, monkeypatch, crash_at):
+    """A process killed at either rename of a save (prev.pt rotated, new last.pt not yet in place; or
+    before either) still leaves a good last.pt: the old one, never a missing file."""
+    mgr = CheckpointManager(tmp_path)
+    mgr.save(_state(1))
+    mgr.save(_state(2))
+    real = os.replace
+    calls = []
+
+    def replace(src, dst):
+        if len(calls) == crash_at:
+            raise KeyboardInterrupt  # the process dies here
+        calls.append((src, dst))
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        mgr.save(_state(3))
+    monkeypatch.undo()
+    assert load_checkpoint_file(mgr.last)["step"] == 2
+    assert load_checkpoint_file(mgr.prev)["step"] == (2 if crash_at else 1)
+    assert sorted(os.listdir(tmp_path)) == ["last.pt", "prev.pt"]
+    mgr.save(_state(4))
+    assert load_checkpoint_file(mgr.last)["step"] == 4 and load_checkpoint_file(mgr.prev)["step"] == 2
+
+
+def test_rotation_copies_where_hard_links_are_refused(tmp_path, monkeypatch):
+    mgr = CheckpointManager(tmp_path)
+    mgr.save(_state(1))
+
+    def no_links(src, dst):
+        raise OSError("hard links not supported")
+
+    monkeypatch.setattr(os, "link", no_links)
+    mgr.save(_state(2))
+    assert load_checkpoint_file(mgr.last)["step"] == 2 and load_checkpoint_file(mgr.prev)["step"] == 1
+    assert sorted(os.listdir(tmp_path)) == ["last.pt", "prev.pt"]

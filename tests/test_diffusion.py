@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 import ebm_fast as ef
 from ebm_fast.diffusion import (CalibratedDisjunction, CondSpec, DSMTrainer, EnergyMLP, EnergyUNet, GaussianEnergy,
                                 VPSchedule, concept, conjunction, disjunction, dsm_loss, export_model, load_model,
-                                sample_annealed, unconditional)
+                                sample_annealed, spatial_maps, unconditional)
 
 SCHED = VPSchedule(1000)
 
@@ -300,7 +300,7 @@ def test_trainer_bad_inputs(tmp_path):
     tr = DSMTrainer(other, torch.zeros(10, 2), None, tmp_path)
     tr.save_checkpoint()
     tr2 = DSMTrainer(EnergyMLP(SCHED, dim=2, hidden=8), torch.zeros(10, 2), None, tmp_path)
-    with pytest.raises(ValueError, match="model spec"):
+    with pytest.raises(ValueError, match=r"its model differs from this run's in \['hidden'\] \(checkpoint, now: \{'hidden': \(64, 8\)\}\)"):
         tr2.resume()
 
 
@@ -503,3 +503,95 @@ def test_calibrated_disjunction_interpolates_its_offsets_between_levels():
     assert list(mix(30).log_weights) == pytest.approx([0.1 - mix.offsets(30)[0], -0.2 - mix.offsets(30)[1]])
     with pytest.raises(ValueError, match="need ratios of shape"):
         CalibratedDisjunction(terms, r[:, :2], [100, 50, 10], SCHED)
+
+
+# ---- spatial conditions and warm starts ----------------------------------------------------------
+def _random_homography(g: torch.Generator) -> torch.Tensor:
+    return torch.eye(3, dtype=torch.float64) + 0.2 * torch.randn(3, 3, generator=g, dtype=torch.float64)
+
+
+def test_spatial_maps_put_a_bump_where_the_homography_maps_each_present_value():
+    g = torch.Generator().manual_seed(_seed())
+    H = _random_homography(g)
+    spec = CondSpec((("color", "class", 3), ("pos", "vector", 2)))
+    pos = torch.rand(5, 2, generator=g, dtype=torch.float64) * 1.2 - 0.6
+    cond = spec.pack({"pos": pos}, batch=5).double()
+    cond[4, 1] = 0.0  # sample 4: position absent
+    maps = spatial_maps(cond, spec, {"pos": H.tolist()}, 12, 16, 0.15)
+    assert maps.shape == (5, 1, 12, 16) and bool((maps[4] == 0).all())
+    packed = cond[:, spec.slices()["pos"]]  # the values as packed (float32)
+    assert torch.allclose(packed, pos, atol=1e-6)
+    for b in range(4):  # the slow obvious way: each pixel centre's distance to the projected point
+        p = H @ torch.tensor([float(packed[b, 0]), float(packed[b, 1]), 1.0], dtype=torch.float64)
+        px, py = float(p[0] / p[2]), float(p[1] / p[2])
+        for i in range(12):
+            for j in range(16):
+                x, y = (j + 0.5) / 16 * 2 - 1, (i + 0.5) / 12 * 2 - 1
+                ref = math.exp(-((x - px) ** 2 + (y - py) ** 2) / (2 * 0.15 ** 2))
+                assert abs(float(maps[b, 0, i, j]) - ref) < 1e-12
+
+
+def test_spatial_unet_reads_the_map_and_round_trips_through_its_spec(tmp_path):
+    spec = CondSpec((("pos", "vector", 2), ("color", "class", 3)))
+    torch.manual_seed(_seed())
+    H = _random_homography(torch.Generator().manual_seed(_seed())).tolist()
+    m = EnergyUNet(SCHED, spec, base=8, mults=(1, 2), emb=16, spatial={"pos": H}, spatial_sigma=0.2)
+    assert m.inp.in_channels == 4 and m.spec()["spatial"] == {"pos": H}
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    x = torch.randn(2, 3, 8, 8)
+    t = torch.tensor([40, 400])
+    a = spec.pack({"pos": torch.tensor([[0.5, -0.5], [0.5, -0.5]])}, batch=2)
+    b = spec.pack({"pos": torch.tensor([[-0.5, 0.5], [-0.5, 0.5]])}, batch=2)
+    with torch.no_grad():  # the position reaches the energy through the map as well as the embedding
+        m.cond_embed.embed["pos"][-1].weight.zero_()
+        m.cond_embed.embed["pos"][-1].bias.zero_()
+    assert not torch.allclose(m(x, a, t), m(x, b, t))
+    loaded, _ = load_model(export_model(m, tmp_path / "m.pt"))
+    torch.testing.assert_close(loaded(x, a, t), m(x, a, t), rtol=0, atol=0)
+    assert "spatial" not in EnergyUNet(SCHED, spec, base=8, mults=(1, 2), emb=16).spec()
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"spatial": {"color": torch.eye(3).tolist()}}, "'color' must be a 2-vector attribute"),
+    ({"spatial": {"where": torch.eye(3).tolist()}}, "'where' must be a 2-vector attribute"),
+    ({"spatial": {"pos": [[1.0, 0.0], [0.0, 1.0]]}}, "invertible 3x3 homography"),
+    ({"spatial": {"pos": torch.zeros(3, 3).tolist()}}, "invertible 3x3 homography"),
+    ({"spatial": {"pos": torch.eye(3).tolist()}, "spatial_sigma": 0.0}, "spatial_sigma: expected a width > 0"),
+])
+def test_spatial_bad_inputs(kwargs, match):
+    spec = CondSpec((("pos", "vector", 2), ("color", "class", 3)))
+    with pytest.raises(ValueError, match=match):
+        EnergyUNet(SCHED, spec, base=8, mults=(1, 2), emb=16, **kwargs)
+
+
+def test_warm_start_widens_the_input_and_computes_what_the_source_did(tmp_path):
+    """A network given a new spatial channel, warm-started from one without: the same energies as the
+    source (the new input weights start at zero), the trainer at step 0 with the EMA equal to the model."""
+    spec = CondSpec((("pos", "vector", 2), ("color", "class", 3)))
+    torch.manual_seed(_seed())
+    src = EnergyUNet(SCHED, spec, base=8, mults=(1, 2), emb=16)
+    with torch.no_grad():
+        for p in src.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    dst = EnergyUNet(SCHED, spec, base=8, mults=(1, 2), emb=16, spatial={"pos": torch.eye(3).tolist()})
+    imgs = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8)
+    conds = spec.pack({"pos": torch.rand(6, 2) * 2 - 1, "color": torch.randint(0, 3, (6,))}, batch=6)
+    tr = DSMTrainer(dst, imgs, conds, tmp_path, batch_size=2)
+    assert tr.start_from(src.state_dict()) == ["inp.weight"]
+    x, t = torch.randn(3, 3, 8, 8), torch.tensor([2, 200, 900])
+    c = conds[:3]
+    torch.testing.assert_close(dst(x, c, t), src(x, c, t), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(tr.ema(x, c, t), src(x, c, t), rtol=1e-5, atol=1e-5)
+    assert bool((dst.inp.weight[:, 3:] == 0).all()) and torch.equal(dst.inp.weight[:, :3], src.inp.weight)
+    tr.train(1)
+    assert bool((dst.inp.weight[:, 3:] != 0).any())  # the new channel's weights learn
+    with pytest.raises(ValueError, match="a warm start begins a fresh run"):
+        tr.start_from(src.state_dict())
+    narrow = EnergyUNet(SCHED, spec, base=8, mults=(1, 2), emb=16)
+    with pytest.raises(ValueError, match=r"inp.weight is \(8, 4, 3, 3\) in the source .* only widths that grow"):
+        from ebm_fast.diffusion import warm_start
+        warm_start(narrow, dst.state_dict())
+    with pytest.raises(ValueError, match="the networks differ in tensors"):
+        warm_start(narrow, EnergyUNet(SCHED, spec, base=8, mults=(1, 2, 2), emb=16).state_dict())

@@ -67,3 +67,39 @@ def test_judged_disjunction_runs_and_counts_the_judged_colours(setting):
     images, acc = dc.judged_disjunction(model, setting, 3, data=data, guidance=2.0, levels=3, correctors=0,
                                         step_scale=0.1, seed=2, judges=_Judges(), calibration_levels=2)
     assert images.shape == (3, 3, 32, 32) and acc == {"red": 0.0, "blue": 1.0, "red_or_blue": 1.0}
+
+
+def test_position_homography_matches_the_camera_projection():
+    from ebm_fast.paper import scenes
+
+    rng = np.random.default_rng(int(torch.randint(0, 2 ** 31, (1,))))
+    pos, height = rng.uniform(-1, 1, (20, 2)), float(rng.uniform(0.1, 0.4))
+    H = np.array(dc.position_homography(height))
+    world = np.concatenate([pos * scenes.POSITION_EXTENT, np.full((20, 1), height)], axis=1)
+    pix = scenes.world_to_pixel(world, 32) / 32 * 2 - 1  # (column, row) -> image coordinates in [-1, 1]
+    h = np.concatenate([pos, np.ones((20, 1))], axis=1) @ H.T
+    np.testing.assert_allclose(h[:, :2] / h[:, 2:], pix, atol=1e-10)
+
+
+def test_dsm_training_through_the_cli_warm_starts_a_position_map_run(tmp_path, capsys):
+    """A tiny run without the position map, then a fresh run with it that starts from the first's EMA:
+    the input convolution is widened, the rest carried over; resuming it under other options is a
+    one-line error naming what differs."""
+    from ebm_fast.cli import main as cli_main
+    from ebm_fast.diffusion import load_model
+
+    common = ["train", "--objective", "dsm", "--n-images", "8", "--resolution", "32", "--renderer", "numpy",
+              "--base", "8", "--batch-size", "2", "--iterations", "2", "--log-every", "1", "--T", "50"]
+    assert cli_main(common + ["--out", str(tmp_path / "a"), "--position-map", "off"]) == 0
+    assert "started; " in capsys.readouterr().out
+    assert cli_main(common + ["--out", str(tmp_path / "b"), "--init-from", str(tmp_path / "a" / "ema.pt")]) == 0
+    assert "widened: ['inp.weight']" in capsys.readouterr().out
+    a, _ = load_model(tmp_path / "a" / "ema.pt")
+    b, meta = load_model(tmp_path / "b" / "ema.pt")
+    assert "spatial" not in a.spec() and b.spec()["spatial"] == {"pos": dc.position_homography()}
+    assert b.inp.in_channels == a.inp.in_channels + 1 and meta["init_from"]["step"] == 2
+    assert cli_main(common + ["--out", str(tmp_path / "b"), "--position-map", "off"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "its model differs from this run's in ['spatial', 'spatial_sigma']" in err[0]
+    assert cli_main(common + ["--out", str(tmp_path / "c"), "--init-from", str(tmp_path / "nope.pt")]) == 2
+    assert "--init-from" in capsys.readouterr().err

@@ -45,6 +45,8 @@ def _dsm_main(argv: list[str]) -> int:
     add_train_arguments(p)
     args = p.parse_args(argv)
     writable_dir(args.out, "--out")
+    if args.init_from is not None:
+        existing_file(args.init_from, "--init-from")
     return cmd_train(args)
 
 

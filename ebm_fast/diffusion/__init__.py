@@ -12,12 +12,12 @@ noise level with the ebm_fast algebra, sampled by annealed Langevin dynamics.
 """
 
 from .compose import CalibratedDisjunction, concept, conjunction, disjunction, log_partition_ratios, unconditional
-from .network import CondSpec, EnergyMLP, EnergyUNet, GaussianEnergy, TimeEnergy
+from .network import CondSpec, EnergyMLP, EnergyUNet, GaussianEnergy, TimeEnergy, spatial_maps
 from .schedule import VPSchedule
 from .sampling import sample_annealed
-from .training import DSMTrainer, build_model, dsm_loss, export_model, load_model
+from .training import DSMTrainer, build_model, dsm_loss, export_model, load_model, warm_start
 
 __all__ = ["VPSchedule", "CondSpec", "TimeEnergy", "EnergyUNet", "EnergyMLP", "GaussianEnergy", "dsm_loss",
-           "DSMTrainer", "build_model",
+           "DSMTrainer", "build_model", "warm_start", "spatial_maps",
            "export_model", "load_model", "sample_annealed", "concept", "unconditional", "conjunction", "disjunction",
            "CalibratedDisjunction", "log_partition_ratios"]

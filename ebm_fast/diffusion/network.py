@@ -37,6 +37,16 @@ Conditions (:class:`CondSpec`): a dict of attributes, each a class (``("color", 
 one network conditioned on several attributes, each dropped independently during training, holds
 ``p(x | any subset of the attributes)`` including the unconditional ``p(x)``; a spec with one
 attribute is the usual single-condition model with classifier-free-guidance dropout.
+
+Spatial conditions (``EnergyUNet(spatial={"pos": H})``): a 2-vector attribute that names a place in
+the image can also enter as an image. ``H`` is a 3x3 homography from the attribute's value
+``(u, v, 1)`` to image coordinates (``x`` right, ``y`` down, both in ``[-1, 1]`` across the image; the
+identity when the values are image coordinates already, a camera's plane-to-image map when they
+are positions on a ground plane). The network then sees, beside the image, one channel per such
+attribute: a Gaussian bump of width ``spatial_sigma`` centred where ``H`` puts the value (zeros
+when the attribute is absent). A convolution reads "put the object here" from that channel at
+once, where from the global embedding it would first have to learn the map from coordinates to
+pixels (the embedding is kept as well).
 """
 
 from __future__ import annotations
@@ -51,7 +61,7 @@ from torch.nn import functional as F
 
 from .schedule import VPSchedule
 
-__all__ = ["CondSpec", "TimeEnergy", "EnergyUNet", "EnergyMLP", "GaussianEnergy"]
+__all__ = ["CondSpec", "TimeEnergy", "EnergyUNet", "EnergyMLP", "GaussianEnergy", "spatial_maps"]
 
 
 @dataclass(frozen=True)
@@ -192,6 +202,35 @@ def _timestep_embedding(t: Tensor, dim: int) -> Tensor:
     return torch.cat([z.sin(), z.cos()], dim=-1)
 
 
+def _check_homography(name: str, h) -> list[list[float]]:
+    m = torch.as_tensor(h, dtype=torch.float64)
+    if m.shape != (3, 3) or not bool(torch.isfinite(m).all()) or abs(float(torch.linalg.det(m))) < 1e-12:
+        raise ValueError(f"spatial[{name!r}]: expected an invertible 3x3 homography, got {h!r}")
+    return m.tolist()
+
+
+def spatial_maps(cond: Tensor, spec: CondSpec, homographies: Mapping[str, Sequence[Sequence[float]]],
+                 height: int, width: int, sigma: float) -> Tensor:
+    """``(B, len(homographies), height, width)`` Gaussian bumps of width ``sigma`` at each spatial
+    attribute's image position (see the module docstring), times its present flag."""
+    B = cond.shape[0]
+    sl = spec.slices()
+    names = spec.names
+    ys = (torch.arange(height, device=cond.device, dtype=cond.dtype) + 0.5) / height * 2 - 1
+    xs = (torch.arange(width, device=cond.device, dtype=cond.dtype) + 0.5) / width * 2 - 1
+    maps = []
+    for name, h in homographies.items():
+        uv = cond[:, sl[name]]
+        hom = torch.cat([uv, torch.ones(B, 1, device=cond.device, dtype=cond.dtype)], dim=1)
+        p = hom @ torch.as_tensor(h, device=cond.device, dtype=cond.dtype).T
+        px, py = p[:, 0] / p[:, 2], p[:, 1] / p[:, 2]
+        dx = (xs.view(1, 1, -1) - px.view(B, 1, 1)) ** 2
+        dy = (ys.view(1, -1, 1) - py.view(B, 1, 1)) ** 2
+        flag = cond[:, names.index(name)].view(B, 1, 1)
+        maps.append(flag * torch.exp(-(dx + dy) / (2 * sigma * sigma)))
+    return torch.stack(maps, dim=1)
+
+
 class _ResBlock(nn.Module):
     def __init__(self, c_in: int, c_out: int, emb: int, groups: int = 8):
         super().__init__()
@@ -298,6 +337,9 @@ class EnergyUNet(TimeEnergy):
         blocks: residual blocks per resolution on the way down (up: ``blocks + 1``).
         emb: time/condition embedding width (default 128).
         sigma_data: 0 (default) or ``s_d > 0`` for EDM's skip term (module docstring).
+        spatial: ``{attribute: 3x3 homography}`` for 2-vector attributes that also enter as a bump
+            image (module docstring); default none.
+        spatial_sigma: the bumps' width in image coordinates (default 0.1, 1/20 of the image).
 
     With the defaults, 32x32 RGB: 1.04M parameters.
 
@@ -308,11 +350,26 @@ class EnergyUNet(TimeEnergy):
 
     def __init__(self, schedule: VPSchedule, cond_spec: CondSpec | None = None, *, channels: int = 3,
                  base: int = 32, mults: Sequence[int] = (1, 2, 2), blocks: int = 1, emb: int = 128,
-                 sigma_data: float = 0.0):
-        super().__init__(schedule, cond_spec, {"channels": channels, "base": base, "mults": list(mults),
-                                               "blocks": blocks, "emb": emb, "sigma_data": sigma_data})
+                 sigma_data: float = 0.0, spatial: Mapping[str, Sequence[Sequence[float]]] | None = None,
+                 spatial_sigma: float = 0.1):
+        config = {"channels": channels, "base": base, "mults": list(mults), "blocks": blocks, "emb": emb,
+                  "sigma_data": sigma_data}
+        spatial = dict(spatial or {})
+        if spatial:  # only then in the spec, so the specs of models without it stay as they were
+            config.update(spatial=spatial, spatial_sigma=spatial_sigma)
+        super().__init__(schedule, cond_spec, config)
+        kinds = {name: (kind, n) for name, kind, n in self.cond_spec.attributes}
+        for name in spatial:
+            if kinds.get(name) != ("vector", 2):
+                raise ValueError(f"spatial: {name!r} must be a 2-vector attribute of the condition spec "
+                                 f"({list(self.cond_spec.names)}), got {kinds.get(name)}")
+            spatial[name] = _check_homography(name, spatial[name])
+        if not (float(spatial_sigma) > 0):
+            raise ValueError(f"spatial_sigma: expected a width > 0, got {spatial_sigma!r}")
+        self.spatial = spatial
+        self.spatial_sigma = float(spatial_sigma)
         self._init_embeddings(emb)
-        self.inp = nn.Conv2d(channels, base, 3, padding=1)
+        self.inp = nn.Conv2d(channels + len(spatial), base, 3, padding=1)
         chans = [base * m for m in mults]
         self.down = nn.ModuleList()
         self.downsample = nn.ModuleList()
@@ -346,6 +403,11 @@ class EnergyUNet(TimeEnergy):
     def denoise(self, x: Tensor, cond: Tensor | None, t: Tensor) -> Tensor:
         """``D(x, t, c)``: the clean-image estimate, ``x``'s shape."""
         emb = self._embedding(x, cond, t)
+        if self.spatial:
+            c = cond if cond is not None else torch.zeros(x.shape[0], self.cond_spec.width, device=x.device,
+                                                          dtype=x.dtype)
+            x = torch.cat([x, spatial_maps(c.to(x.dtype), self.cond_spec, self.spatial, x.shape[-2], x.shape[-1],
+                                           self.spatial_sigma)], dim=1)
         h = self.inp(x)
         hs = [h]
         k = 0

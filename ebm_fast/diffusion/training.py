@@ -29,7 +29,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -38,7 +38,8 @@ from ..checkpoint import CheckpointManager, atomic_torch_save, load_checkpoint_f
 from .network import CondSpec, EnergyMLP, EnergyUNet
 from .schedule import VPSchedule
 
-__all__ = ["dsm_loss", "DSMTrainer", "export_model", "load_model", "build_model", "EXPORT_FORMAT"]
+__all__ = ["dsm_loss", "DSMTrainer", "export_model", "load_model", "build_model", "warm_start",
+           "EXPORT_FORMAT"]
 
 EXPORT_FORMAT = "ebm_fast.diffusion_model"
 
@@ -95,6 +96,38 @@ def load_model(path: str | os.PathLike, map_location="cpu", weights: str = "ema"
     model.load_state_dict(sd)
     model.eval().requires_grad_(False)
     return model, meta
+
+
+def warm_start(model: nn.Module, state_dict: Mapping[str, Tensor]) -> list[str]:
+    """Copy another run's weights ``state_dict`` into ``model`` where the two networks differ only in
+    widths that grew (e.g. the input convolution of an :class:`EnergyUNet` given a ``spatial``
+    condition channel): a tensor of the same shape is copied; one whose every dimension is at most
+    the model's is copied into the leading slice and the rest of the model's tensor is set to zero
+    (new inputs start unused, so the network computes what the old one did). Returns the names of
+    the tensors that were widened.
+
+    Raises:
+        ValueError: naming the tensors, when the two have different names or a tensor shrank.
+    """
+    own = model.state_dict()
+    missing, extra = sorted(set(own) - set(state_dict)), sorted(set(state_dict) - set(own))
+    if missing or extra:
+        raise ValueError(f"warm start: the networks differ in tensors (missing {missing[:5]}, unexpected "
+                         f"{extra[:5]}); only widths may differ")
+    widened = []
+    with torch.no_grad():
+        for name, target in own.items():
+            src = state_dict[name]
+            if src.shape == target.shape:
+                target.copy_(src)
+                continue
+            if src.dim() != target.dim() or any(a > b for a, b in zip(src.shape, target.shape)):
+                raise ValueError(f"warm start: {name} is {tuple(src.shape)} in the source and "
+                                 f"{tuple(target.shape)} here; only widths that grow can be carried over")
+            target.zero_()
+            target[tuple(slice(0, n) for n in src.shape)].copy_(src)
+            widened.append(name)
+    return widened
 
 
 def _as_model_images(images: Tensor) -> Tensor:
@@ -193,14 +226,26 @@ class DSMTrainer:
                 "meta": self.meta}
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("spec") != self.model.spec():
-            raise ValueError(f"checkpoint: its model spec {state.get('spec')} differs from this run's "
-                             f"{self.model.spec()}")
+        theirs, ours = state.get("spec") or {}, self.model.spec()
+        if theirs != ours:
+            diff = {k: (theirs.get(k), ours.get(k)) for k in sorted(set(theirs) | set(ours))
+                    if theirs.get(k) != ours.get(k)}
+            raise ValueError(f"checkpoint: its model differs from this run's in {sorted(diff)} "
+                             f"(checkpoint, now: {diff}); resume with the options that started the run")
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
         self.opt.load_state_dict(state["opt"])
         self.generator.set_state(state["generator"])
         self.step = int(state["step"])
+
+    def start_from(self, state_dict: Mapping[str, Tensor]) -> list[str]:
+        """Begin a fresh run (step 0, new optimizer) from another run's weights, carried over by
+        :func:`warm_start` into both the model and its EMA; returns the widened tensors' names."""
+        if self.step:
+            raise ValueError(f"start_from: the run is at step {self.step}; a warm start begins a fresh run")
+        widened = warm_start(self.model, state_dict)
+        self.ema.load_state_dict(self.model.state_dict())
+        return widened
 
     def save_checkpoint(self) -> Path:
         return self.ckpt.save(self.state_dict())
