@@ -74,6 +74,9 @@ def _cases(tmp: Path) -> list[tuple[list[str], str]]:
         # eval diffusion; train --objective dsm
         (["eval", "diffusion", "--model", missing + ".pt", "--out", str(tmp / "d")], "no such file"),
         (["eval", "diffusion", "--settings", "no_such_setting"], "invalid choice"),
+        (["eval", "diffusion", "--model", str(SHIPPED / "color.pt"), "--n", "0", "--out", str(tmp / "d")], "--n"),
+        (["eval", "diffusion", "--model", str(SHIPPED / "color.pt"), "--realism", "1", "--out", str(tmp / "d")],
+         "--realism: the distance needs at least 2 renders"),
         (["train", "--objective", "dsm", "--lr", "abc"], "invalid float"),
         (["train", "--objective=dsm", "--out", str(not_a_dir / "run")], "cannot create the folder"),
         # eval four-way, multi-object, extrapolation

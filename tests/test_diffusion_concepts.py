@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -103,3 +105,27 @@ def test_dsm_training_through_the_cli_warm_starts_a_position_map_run(tmp_path, c
     assert len(err) == 1 and "its model differs from this run's in ['spatial', 'spatial_sigma']" in err[0]
     assert cli_main(common + ["--out", str(tmp_path / "c"), "--init-from", str(tmp_path / "nope.pt")]) == 2
     assert "--init-from" in capsys.readouterr().err
+
+
+def test_eval_diffusion_command_writes_grids_accuracy_realism_and_cost(tmp_path, capsys):
+    """The whole command on a tiny untrained model: one Fig. 4 row, a grid, results.json with the judged
+    accuracy, the realism distance (renders from a held-out seed) and seconds per image."""
+    import json
+
+    from ebm_fast.cli import main as cli_main
+    from ebm_fast.diffusion import export_model
+
+    torch.manual_seed(int(torch.randint(0, 2 ** 31, (1,))))
+    model = EnergyUNet(VPSchedule(50), dc.SCENE_ATTRIBUTES, base=8, mults=(1, 2), emb=16)
+    path = export_model(model, tmp_path / "m.pt", {"scene_config": {"resolution": 32}, "step": 0})
+    out = tmp_path / "eval"
+    assert cli_main(["eval", "diffusion", "--model", str(path), "--settings", "shape&position&size&color",
+                     "--n", "3", "--levels", "2", "--realism", "6", "--grid", "2", "--out", str(out)]) == 0
+    line = capsys.readouterr().out
+    assert "shape&position&size&color: color" in line and "realism" in line and "s/image" in line
+    res = json.loads((out / "results.json").read_text())
+    acc = res["accuracy"]["shape&position&size&color"]
+    assert set(acc) == {"pos", "color", "shape", "size", "all"} and all(0 <= v <= 1 for v in acc.values())
+    r = res["realism"]["shape&position&size&color"]
+    assert min(r["floor"], r["noise"], r["fd"]) > 0 and math.isfinite(r["scaled"]) and res["seconds_per_image"]["shape&position&size&color"] > 0
+    assert (out / "shape_and_position_and_size_and_color.png").is_file()

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from ._common import Parser, command, existing_file, writable_dir
+from ._common import Parser, UsageError, at_least, command, existing_file, writable_dir
 
 
 def _parser() -> Parser:
@@ -11,8 +11,9 @@ def _parser() -> Parser:
 
     p = Parser(prog="ebm-fast eval diffusion", description=(
         "Sample each scene attribute (and conjunctions/disjunctions) from a diffusion-trained energy by annealed "
-        "Langevin dynamics and judge the samples with the shipped judges; writes PNG grids and results.json "
-        "to --out."))
+        "Langevin dynamics and judge the samples with the shipped judges; with --realism, also the Frechet "
+        "distance of judge features to fresh renders; writes PNG grids and results.json (updated after each "
+        "setting) to --out."))
     add_grid_arguments(p)
     return p
 
@@ -23,6 +24,12 @@ def main(argv: list[str] | None = None) -> int:
     from ..paper.diffusion_concepts import cmd_grid
 
     existing_file(args.model, "--model")
+    at_least(args.n, 1, "--n")
+    at_least(args.grid, 1, "--grid")
+    at_least(args.realism, 0, "--realism")
+    if args.realism and (args.realism < 2 or args.n < 2):
+        raise UsageError(f"--realism: the distance needs at least 2 renders and 2 samples a setting, got "
+                         f"--realism {args.realism} and --n {args.n}")
     if args.judges is not None:
         existing_file(args.judges, "--judges")
     writable_dir(args.out, "--out")

@@ -34,8 +34,10 @@ Sample a grid per attribute from the newest EMA export::
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -131,9 +133,18 @@ def cmd_train(args) -> int:
     return 0
 
 
-# what each judged setting conditions on; "position&color" is the conjunction of two conditions
+# what each judged setting conditions on; "a&b" is the conjunction of the concepts a and b. The
+# shape&... rows are the paper's Fig. 4 (one concept added per row).
 SETTINGS = {"position": ("pos",), "color": ("color",), "shape": ("shape",), "size": ("size",),
-            "position&color": ("pos", "color")}
+            "position&color": ("pos", "color"), "shape&position": ("shape", "pos"),
+            "shape&position&size": ("shape", "pos", "size"),
+            "shape&position&size&color": ("shape", "pos", "size", "color")}
+SHIPPED_MODEL = Path(__file__).resolve().parent / "assets" / "diffusion_scenes32.pt"
+
+
+def default_model_path() -> str:
+    """The shipped scenes diffusion model (EMA weights) if present, else the default training run's export."""
+    return str(SHIPPED_MODEL) if SHIPPED_MODEL.is_file() else "runs/diffusion/scenes32/ema.pt"
 
 
 def eval_targets(n: int, seed: int) -> dict:
@@ -203,8 +214,6 @@ def judged_disjunction(model, setting: str, n: int, *, data: torch.Tensor, guida
 
 
 def cmd_grid(args) -> int:
-    import json
-
     from ..diffusion import load_model
     from ..image_grid import save_image_grid
     from .judges import Judges
@@ -220,11 +229,21 @@ def cmd_grid(args) -> int:
                "guidance": args.guidance, "levels": args.levels, "correctors": args.correctors,
                "step_scale": args.step_scale, "t_min": args.t_min, "accuracy": {}}
     resolution = meta.get("scene_config", {}).get("resolution", 32)
+    renders = None
+    if args.realism:
+        from .realism import RENDER_SEED, fresh_renders
+
+        renders = fresh_renders(args.realism, resolution, seed=RENDER_SEED)
+        reference = fresh_renders(args.n, resolution, seed=RENDER_SEED + 1)
+        results["realism_renders"] = {"n": args.realism, "seed": RENDER_SEED, "reference_seed": RENDER_SEED + 1}
+        results["realism"] = {}
+    results["seconds_per_image"] = {}
     data = None
     for k, setting in enumerate(args.settings):
         common = dict(guidance=args.guidance, levels=args.levels, correctors=args.correctors,
                       step_scale=args.step_scale, seed=args.seed + k, judges=judges, resolution=resolution,
                       t_min=args.t_min)
+        start = time.perf_counter()
         if setting in DISJUNCTIONS:
             if data is None:  # calibration samples of p(x), which the unconditional energy models: training images
                 sc = meta["scene_config"]
@@ -233,11 +252,19 @@ def cmd_grid(args) -> int:
             images, acc = judged_disjunction(model, setting, args.n, data=data, **common)
         else:
             images, acc = judged_samples(model, setting, targets, **common)
+        results["seconds_per_image"][setting] = (time.perf_counter() - start) / args.n
         results["accuracy"][setting] = acc
+        line = " ".join(f"{a} {v:.3f}" for a, v in acc.items())
+        if renders is not None:
+            from .realism import realism
+
+            results["realism"][setting] = realism(judges, images, renders, reference, seed=args.seed)
+            line += f" realism {results['realism'][setting]['scaled']:.3f}"
         u8 = (images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
         fname = setting.replace("&", "_and_").replace("|", "_or_").replace(":", "_")
-        save_image_grid(out / f"{fname}.png", u8, ncols=8, scale=3)
-        print(f"{setting}: " + " ".join(f"{a} {v:.3f}" for a, v in acc.items()), flush=True)
+        save_image_grid(out / f"{fname}.png", u8[:args.grid], ncols=8, scale=3)
+        print(f"{setting}: {line} ({results['seconds_per_image'][setting]:.2f} s/image)", flush=True)
+        (out / "results.json").write_text(json.dumps(results, indent=1))  # after each setting: a long run shows progress
     (out / "results.json").write_text(json.dumps(results, indent=1))
     return 0
 
@@ -271,8 +298,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``grid`` (also ``ebm-fast eval diffusion``)."""
-    parser.add_argument("--model", default="runs/diffusion/scenes32/ema.pt",
-                        help="an EMA export (ema.pt) or a trainer checkpoint (ckpt/last.pt, see --weights)")
+    parser.add_argument("--model", default=default_model_path(),
+                        help="an EMA export (ema.pt) or a trainer checkpoint (ckpt/last.pt, see --weights); "
+                             "default: the shipped scenes model")
     parser.add_argument("--weights", default="ema", choices=["ema", "model"],
                         help="which weights of a trainer checkpoint: the EMA or the raw model")
     parser.add_argument("--out", default="runs/diffusion/grid")
@@ -280,7 +308,10 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS) + list(DISJUNCTIONS))
     parser.add_argument("--calibration-images", type=int, default=256,
                         help="training images that calibrate a disjunction's terms")
-    parser.add_argument("--n", type=int, default=32)
+    parser.add_argument("--n", type=int, default=32, help="samples per setting")
+    parser.add_argument("--grid", type=int, default=64, help="samples shown in each setting's PNG grid")
+    parser.add_argument("--realism", type=int, default=0,
+                        help="fresh renders for the realism distance of each setting (0: skip; e.g. 512)")
     parser.add_argument("--seed", type=int, default=9001, help="evaluation seed (targets, starting noise, chains)")
     parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--levels", type=int, default=50)

@@ -366,6 +366,22 @@ class Judges:
             res["size_error"] = float((pred["size"] - _float_targets("size", targets["size"], (), n)).abs().mean())
         return res
 
+    @torch.no_grad()
+    def features(self, images, batch_size: int = 512) -> Tensor:
+        """Feature vectors ``(N, F)`` of ``images`` (float ``(N, 3, H, W)`` in [0, 1]) for distances between
+        image sets: the locator's last convolution averaged over the image, beside the crop net's hidden
+        layer at the predicted position (``F = 2 * width + hidden``; 160 for the packaged judges)."""
+        x = self.prepare(images)
+        net = self.net.eval()
+        out = []
+        for i in range(0, len(x), batch_size):
+            z = x[i:i + batch_size] * 2.0 - 1.0
+            loc = net.locator(z)
+            pos = net.loc_head(loc).clamp(-1.5, 1.5)
+            h = net.crop_fc(net.crop_net(net.window(z, pos)).amax(dim=(2, 3)))
+            out.append(torch.cat([loc.mean(dim=(2, 3)), h], dim=1).float().cpu())
+        return torch.cat(out) if out else torch.zeros(0, net.crop_fc[0].in_features + net.config["hidden"])
+
 
 # --------------------------------------------------------------------------- #
 # Training
