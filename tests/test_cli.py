@@ -55,6 +55,9 @@ def _cases(tmp: Path) -> list[tuple[list[str], str]]:
         # data scenes
         (["data", "scenes", "--n", "3", "--out", str(npz), "--colors", "magenta", "--renderer", "numpy"], "magenta"),
         (["data", "scenes", "--n", "3"], "--out"),
+        (["data", "scenes", "--n", "3", "--out", str(npz), "--clutter", "9", "--renderer", "numpy"], "clutter"),
+        (["data", "scenes", "--n", "3", "--out", str(npz), "--split-fraction", "1.5", "--renderer", "numpy"],
+         "split_fraction"),
         (["data", "scenes", "--n", "3", "--out", str(not_a_dir / "x.npz"), "--renderer", "numpy"],
          "not a folder"),
         # judges train

@@ -11,7 +11,8 @@ from ._common import Parser, at_least, command, writable_file
 
 
 def _parser() -> Parser:
-    from ..paper.scenes import COLOR_NAMES, RENDERERS, RESOLUTIONS, SHAPES, SIZE_RANGE
+    from ..paper.scenes import (COLOR_NAMES, DISTRACTOR_SIZE_RANGE, LIGHT_ELEVATION_RANGE, LIGHT_INTENSITY_RANGE,
+                                RENDERERS, RESOLUTIONS, SHAPES, SIZE_RANGE, SPLIT_LARGE_RANGE)
 
     p = Parser(prog="ebm-fast data scenes", description="Render a MuJoCo Scenes dataset to .npz (+ PNG preview).")
     p.add_argument("--n", type=int, required=True, help="number of images")
@@ -25,6 +26,22 @@ def _parser() -> Parser:
     p.add_argument("--shapes", nargs="+", default=list(SHAPES), help=f"subset of {SHAPES}")
     p.add_argument("--colors", nargs="+", default=list(COLOR_NAMES), help=f"subset of {COLOR_NAMES}")
     p.add_argument("--size-range", nargs=2, type=float, default=list(SIZE_RANGE), metavar=("LO", "HI"))
+    p.add_argument("--x-range", nargs=2, type=float, default=[-1.0, 1.0], metavar=("LO", "HI"),
+                   help="normalised x positions (default -1 1)")
+    p.add_argument("--y-range", nargs=2, type=float, default=[-1.0, 1.0], metavar=("LO", "HI"),
+                   help="normalised y positions (default -1 1)")
+    p.add_argument("--clutter", type=int, default=0,
+                   help="objects of other colours among the central one, 0..4 (the paper's Fig. 6 scenes)")
+    p.add_argument("--clutter-size-range", nargs=2, type=float, default=list(DISTRACTOR_SIZE_RANGE),
+                   metavar=("LO", "HI"))
+    p.add_argument("--split-fraction", type=float, default=None,
+                   help="the paper's section 3.4 split: all sizes only in this top-right fraction of the positions")
+    p.add_argument("--split-large-range", nargs=2, type=float, default=list(SPLIT_LARGE_RANGE), metavar=("LO", "HI"),
+                   help="the sizes drawn elsewhere under --split-fraction")
+    p.add_argument("--light-elevation-range", nargs=2, type=float, default=list(LIGHT_ELEVATION_RANGE),
+                   metavar=("LO", "HI"), help="degrees, with --light-variation")
+    p.add_argument("--light-intensity-range", nargs=2, type=float, default=list(LIGHT_INTENSITY_RANGE),
+                   metavar=("LO", "HI"), help="with --light-variation")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -38,7 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     config = SceneConfig(n=args.n, resolution=args.res, seed=args.seed, distractors=args.distractors,
                          light_variation=args.light_variation, shapes=tuple(args.shapes),
-                         colors=tuple(args.colors), size_range=tuple(args.size_range))
+                         colors=tuple(args.colors), size_range=tuple(args.size_range), x_range=tuple(args.x_range),
+                         y_range=tuple(args.y_range), clutter=args.clutter,
+                         clutter_size_range=tuple(args.clutter_size_range), split_fraction=args.split_fraction,
+                         split_large_range=tuple(args.split_large_range),
+                         light_elevation_range=tuple(args.light_elevation_range),
+                         light_intensity_range=tuple(args.light_intensity_range))
     backend = resolve_renderer(args.renderer)
     at_least(args.workers, 1, "--workers")
     out = args.out if args.out.suffix == ".npz" else args.out.with_name(args.out.name + ".npz")
