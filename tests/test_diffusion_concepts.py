@@ -61,6 +61,29 @@ def test_judged_samples_runs_the_conjunction_and_judges_the_conditioned_attribut
     assert set(judges.seen[1]) == {"pos", "color"} and acc == {"pos": 1.0, "color": 1.0, "all": 1.0}
 
 
+def test_parse_setting_reads_wanted_and_avoided_concepts():
+    assert dc.parse_setting("position") == (("pos",), ())
+    assert dc.parse_setting("shape&position&size&color") == (("shape", "pos", "size", "color"), ())
+    assert dc.parse_setting("~position&color") == (("color",), ("pos",))
+    for s in dc.SETTINGS:
+        assert dc.parse_setting(s)[0]
+    with pytest.raises(ValueError, match="unknown concept 'hue'"):
+        dc.parse_setting("position&hue")
+    with pytest.raises(ValueError, match="at least one concept that is not negated"):
+        dc.parse_setting("~color")
+
+
+def test_judged_samples_of_a_negation_counts_the_avoided_attribute_shown():
+    """A judge that calls everything right: the wanted attribute scores 1, the avoided one is shown by
+    every sample (not_color 1), so no sample satisfies the whole setting."""
+    torch.manual_seed(int(torch.randint(0, 2 ** 31, (1,))))
+    model = EnergyUNet(VPSchedule(100), dc.SCENE_ATTRIBUTES, base=8, mults=(1, 2), emb=16).requires_grad_(False)
+    judges = _Judges()
+    _, acc = dc.judged_samples(model, "position&~color", dc.eval_targets(2, 3), guidance=2.0, levels=2,
+                               correctors=0, step_scale=0.1, seed=1, judges=judges, negation_weight=0.5)
+    assert set(judges.seen[1]) == {"pos", "color"} and acc == {"pos": 1.0, "not_color": 1.0, "all": 0.0}
+
+
 @pytest.mark.parametrize("setting", dc.DISJUNCTIONS)
 def test_judged_disjunction_runs_and_counts_the_judged_colours(setting):
     torch.manual_seed(int(torch.randint(0, 2 ** 31, (1,))))
@@ -68,7 +91,11 @@ def test_judged_disjunction_runs_and_counts_the_judged_colours(setting):
     data = torch.rand(6, 3, 32, 32) * 2 - 1
     images, acc = dc.judged_disjunction(model, setting, 3, data=data, guidance=2.0, levels=3, correctors=0,
                                         step_scale=0.1, seed=2, judges=_Judges(), calibration_levels=2)
-    assert images.shape == (3, 3, 32, 32) and acc == {"red": 0.0, "blue": 1.0, "red_or_blue": 1.0}
+    if setting == "position|position":  # the stand-in judge calls every sample right at either position
+        assert acc == {"position_1": 1.0, "position_2": 1.0, "either": 2.0}
+    else:
+        assert acc == {"red": 0.0, "blue": 1.0, "red_or_blue": 1.0}
+    assert images.shape == (3, 3, 32, 32)
 
 
 def test_position_homography_matches_the_camera_projection():
@@ -122,7 +149,7 @@ def test_eval_diffusion_command_writes_grids_accuracy_realism_and_cost(tmp_path,
     assert cli_main(["eval", "diffusion", "--model", str(path), "--settings", "shape&position&size&color",
                      "--n", "3", "--levels", "2", "--realism", "6", "--grid", "2", "--out", str(out)]) == 0
     line = capsys.readouterr().out
-    assert "shape&position&size&color: color" in line and "realism" in line and "s/image" in line
+    assert "shape&position&size&color: shape" in line and "realism" in line and "s/image" in line
     res = json.loads((out / "results.json").read_text())
     acc = res["accuracy"]["shape&position&size&color"]
     assert set(acc) == {"pos", "color", "shape", "size", "all"} and all(0 <= v <= 1 for v in acc.values())

@@ -133,12 +133,29 @@ def cmd_train(args) -> int:
     return 0
 
 
-# what each judged setting conditions on; "a&b" is the conjunction of the concepts a and b. The
-# shape&... rows are the paper's Fig. 4 (one concept added per row).
-SETTINGS = {"position": ("pos",), "color": ("color",), "shape": ("shape",), "size": ("size",),
-            "position&color": ("pos", "color"), "shape&position": ("shape", "pos"),
-            "shape&position&size": ("shape", "pos", "size"),
-            "shape&position&size&color": ("shape", "pos", "size", "color")}
+# The judged settings: a conjunction of concepts ("a&b"; "~a" avoids a), or a mixture (DISJUNCTIONS).
+# The shape&... rows are the paper's Fig. 4 (one concept added per row); position&color,
+# position&~color and ~position&color are Table 1's conjunction and negation rows.
+ATTRIBUTE_OF = {"position": "pos", "color": "color", "shape": "shape", "size": "size"}
+SETTINGS = ("position", "color", "shape", "size", "position&color", "position&~color", "~position&color",
+            "shape&position", "shape&position&size", "shape&position&size&color")
+
+
+def parse_setting(setting: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``(wanted, avoided)`` attributes of a conjunction setting (``"position&~color"`` ->
+    ``(("pos",), ("color",))``)."""
+    want, avoid = [], []
+    for word in setting.split("&"):
+        neg = word.startswith("~")
+        name = word[1:] if neg else word
+        if name not in ATTRIBUTE_OF:
+            raise ValueError(f"setting {setting!r}: unknown concept {name!r}; expected {sorted(ATTRIBUTE_OF)}")
+        (avoid if neg else want).append(ATTRIBUTE_OF[name])
+    if not want:
+        raise ValueError(f"setting {setting!r}: a conjunction needs at least one concept that is not negated")
+    return tuple(want), tuple(avoid)
+
+
 SHIPPED_MODEL = Path(__file__).resolve().parent / "assets" / "diffusion_scenes32.pt"
 
 
@@ -160,54 +177,72 @@ def eval_targets(n: int, seed: int) -> dict:
 
 def judged_samples(model, setting: str, targets: dict, *, guidance: float, levels: int, correctors: int,
                    step_scale: float, seed: int, judges, resolution: int = 32,
-                   t_min: int = 1) -> tuple[torch.Tensor, dict]:
-    """Images ``(n, 3, R, R)`` in [0, 1] drawn for ``setting`` (:data:`SETTINGS`), and the judges'
-    accuracy per conditioned attribute (plus ``all``)."""
+                   t_min: int = 1, negation_weight: float = 1.0) -> tuple[torch.Tensor, dict]:
+    """Images ``(n, 3, R, R)`` in [0, 1] drawn for the conjunction ``setting`` (:func:`parse_setting`),
+    and the judged accuracy per wanted attribute, the fraction that shows each avoided one
+    (``not_<attr>``, lower is better) and ``all`` (every wanted attribute right, no avoided one shown)."""
     from ..diffusion import conjunction, sample_annealed
 
+    want, avoid = parse_setting(setting)
     n = len(targets["color"])
     values = {"pos": targets["pos"], "color": targets["color"], "shape": targets["shape"],
               "size": torch.as_tensor(size_to_model(targets["size"].numpy())).view(n, 1)}
-    conds = [SCENE_ATTRIBUTES.pack({a: values[a]}, batch=n) for a in SETTINGS[setting]]
-    expr = conjunction(model, conds, weights=guidance, per_sample=True)
+    conds = [SCENE_ATTRIBUTES.pack({a: values[a]}, batch=n) for a in want]
+    negated = [SCENE_ATTRIBUTES.pack({a: values[a]}, batch=n) for a in avoid]
+    expr = conjunction(model, conds, weights=guidance, negated=negated, negated_weights=negation_weight,
+                       per_sample=True)
     g = torch.Generator().manual_seed(seed)
     x0 = torch.randn(n, model.config["channels"], resolution, resolution, generator=g)
     x = sample_annealed(expr, x0, levels=model.schedule.levels(levels, t_min=t_min), corrector_steps=correctors,
                         step_scale=step_scale, seed=seed)
     images = ((x + 1) / 2).clamp(0, 1)
-    ok = judges.correct(images, {a: targets[a] for a in SETTINGS[setting]})
-    return images, {k: float(v.float().mean()) for k, v in ok.items()}
+    ok = judges.correct(images, {a: targets[a] for a in want + avoid})
+    acc = {a: float(ok[a].float().mean()) for a in want}
+    acc.update({f"not_{a}": float(ok[a].float().mean()) for a in avoid})
+    every = torch.stack([ok[a] for a in want] + [~ok[a] for a in avoid]).all(0)
+    acc["all"] = float(every.float().mean())
+    return images, acc
 
 
-DISJUNCTIONS = ("red|blue", "red|blue:raw")
+DISJUNCTIONS = ("red|blue", "red|blue:raw", "position|position")
+# the two positions of "position|position" (normalised; left-front and right-back of the floor)
+DISJUNCTION_POSITIONS = ((-0.5, -0.5), (0.5, 0.5))
 
 
 def judged_disjunction(model, setting: str, n: int, *, data: torch.Tensor, guidance: float, levels: int,
                        correctors: int, step_scale: float, seed: int, judges, resolution: int = 32,
                        t_min: int = 1, calibration_levels: int = 20) -> tuple[torch.Tensor, dict]:
-    """Samples of the mixture "red or blue" (equal weights) and the judged fractions of each colour.
+    """Samples of an equal mixture of two concepts and the judged fraction of samples that show each.
 
-    ``"red|blue"``: :func:`ebm_fast.diffusion.disjunction`, its terms' constants calibrated on the
-    training images ``data`` (model coordinates) at ``calibration_levels`` levels; ``"red|blue:raw"``:
-    a plain ``ef.Or`` of the two guided terms (the log-sum-exp of uncalibrated energies).
+    ``"red|blue"``: red or blue, :func:`ebm_fast.diffusion.disjunction` (its terms' constants calibrated
+    on the training images ``data``, model coordinates, at ``calibration_levels`` levels);
+    ``"red|blue:raw"``: a plain ``ef.Or`` of the two guided terms (the log-sum-exp of uncalibrated
+    energies); ``"position|position"``: calibrated, at the two :data:`DISJUNCTION_POSITIONS` (a sample
+    counts at a position within the judges' position threshold).
     """
     import ebm_fast as ef
 
     from ..diffusion import conjunction, disjunction, sample_annealed
     from . import scenes
 
-    names = scenes.COLOR_NAMES
-    conds = [{"color": names.index("red")}, {"color": names.index("blue")}]
+    if setting == "position|position":
+        conds = [{"pos": torch.tensor(p)} for p in DISJUNCTION_POSITIONS]
+    else:
+        conds = [{"color": scenes.COLOR_NAMES.index("red")}, {"color": scenes.COLOR_NAMES.index("blue")}]
     lv = model.schedule.levels(levels, t_min=t_min)
     g = torch.Generator().manual_seed(seed)
-    if setting == "red|blue":
+    if setting.endswith(":raw"):
+        expr = ef.Or(*[conjunction(model, [c], weights=[guidance]) for c in conds])
+    else:
         expr = disjunction(model, conds, x0=data, levels=model.schedule.levels(calibration_levels, t_min=t_min),
                            weights=guidance, generator=g)
-    else:
-        expr = ef.Or(*[conjunction(model, [c], weights=[guidance]) for c in conds])
     x0 = torch.randn(n, model.config["channels"], resolution, resolution, generator=g)
     x = sample_annealed(expr, x0, levels=lv, corrector_steps=correctors, step_scale=step_scale, seed=seed)
     images = ((x + 1) / 2).clamp(0, 1)
+    if setting == "position|position":
+        at = [float(judges.correct(images, {"pos": torch.tensor(p)})["pos"].float().mean())
+              for p in DISJUNCTION_POSITIONS]
+        return images, {"position_1": at[0], "position_2": at[1], "either": at[0] + at[1]}
     judged = judges.predict(images)["color"]
     red, blue = (float((judged == judges.colors.index(c)).float().mean()) for c in ("red", "blue"))
     return images, {"red": red, "blue": blue, "red_or_blue": red + blue}
@@ -227,7 +262,8 @@ def cmd_grid(args) -> int:
     results = {"model": str(args.model), "weights": meta.get("weights", "ema"), "step": meta.get("step"),
                "n": args.n, "seed": args.seed,
                "guidance": args.guidance, "levels": args.levels, "correctors": args.correctors,
-               "step_scale": args.step_scale, "t_min": args.t_min, "accuracy": {}}
+               "step_scale": args.step_scale, "t_min": args.t_min, "negation_weight": args.negation_weight,
+               "accuracy": {}}
     resolution = meta.get("scene_config", {}).get("resolution", 32)
     renders = None
     if args.realism:
@@ -239,9 +275,9 @@ def cmd_grid(args) -> int:
         results["realism"] = {}
     results["seconds_per_image"] = {}
     data = None
-    for k, setting in enumerate(args.settings):
+    for setting in args.settings:  # one seed for all: a grid cell is the same start in every setting
         common = dict(guidance=args.guidance, levels=args.levels, correctors=args.correctors,
-                      step_scale=args.step_scale, seed=args.seed + k, judges=judges, resolution=resolution,
+                      step_scale=args.step_scale, seed=args.seed, judges=judges, resolution=resolution,
                       t_min=args.t_min)
         start = time.perf_counter()
         if setting in DISJUNCTIONS:
@@ -251,7 +287,7 @@ def cmd_grid(args) -> int:
                 data = images_u8[-args.calibration_images:].float() / 127.5 - 1
             images, acc = judged_disjunction(model, setting, args.n, data=data, **common)
         else:
-            images, acc = judged_samples(model, setting, targets, **common)
+            images, acc = judged_samples(model, setting, targets, negation_weight=args.negation_weight, **common)
         results["seconds_per_image"][setting] = (time.perf_counter() - start) / args.n
         results["accuracy"][setting] = acc
         line = " ".join(f"{a} {v:.3f}" for a, v in acc.items())
@@ -261,7 +297,7 @@ def cmd_grid(args) -> int:
             results["realism"][setting] = realism(judges, images, renders, reference, seed=args.seed)
             line += f" realism {results['realism'][setting]['scaled']:.3f}"
         u8 = (images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
-        fname = setting.replace("&", "_and_").replace("|", "_or_").replace(":", "_")
+        fname = setting.replace("&", "_and_").replace("|", "_or_").replace(":", "_").replace("~", "not_")
         save_image_grid(out / f"{fname}.png", u8[:args.grid], ncols=8, scale=3)
         print(f"{setting}: {line} ({results['seconds_per_image'][setting]:.2f} s/image)", flush=True)
         (out / "results.json").write_text(json.dumps(results, indent=1))  # after each setting: a long run shows progress
@@ -305,7 +341,8 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
                         help="which weights of a trainer checkpoint: the EMA or the raw model")
     parser.add_argument("--out", default="runs/diffusion/grid")
     parser.add_argument("--judges", default=None, help="judges file (default: the shipped 64x64 judges)")
-    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS) + list(DISJUNCTIONS))
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS[:5]), choices=list(SETTINGS) + list(DISJUNCTIONS),
+                        help="what to sample and judge (default: each concept alone and position&color)")
     parser.add_argument("--calibration-images", type=int, default=256,
                         help="training images that calibrate a disjunction's terms")
     parser.add_argument("--n", type=int, default=32, help="samples per setting")
@@ -314,6 +351,7 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fresh renders for the realism distance of each setting (0: skip; e.g. 512)")
     parser.add_argument("--seed", type=int, default=9001, help="evaluation seed (targets, starting noise, chains)")
     parser.add_argument("--guidance", type=float, default=3.0)
+    parser.add_argument("--negation-weight", type=float, default=1.0, help="weight of a negated concept (~a)")
     parser.add_argument("--levels", type=int, default=50)
     parser.add_argument("--correctors", type=int, default=0)
     parser.add_argument("--step-scale", type=float, default=0.1)
