@@ -80,7 +80,9 @@ def test_disjunction_splits_by_its_log_weights(method, kw):
     phi = stats.norm.cdf
     p_right = 0.25 * phi(-1.5) + 0.75 * phi(1.5)
     frac = float((x > 0).double().mean())
-    assert abs(frac - p_right) < 4 * math.sqrt(p_right * (1 - p_right) / n), (frac, p_right)
+    # 5 binomial standard errors: the measured spread of this fraction over seeds is 1.1-1.3 of the
+    # binomial one (the chains share the step adaptation), so 4 would fail about once in 500 runs
+    assert abs(frac - p_right) < 5 * math.sqrt(p_right * (1 - p_right) / n), (frac, p_right)
     gen = torch.Generator().manual_seed(_fresh_seed() % 2**31)
     comp = torch.rand(n, generator=gen) < 0.75
     exact = torch.where(comp, 1.5, -1.5) + torch.randn(n, generator=gen)
