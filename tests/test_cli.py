@@ -67,6 +67,7 @@ def _cases(tmp: Path) -> list[tuple[list[str], str]]:
         (["eval", "composition", "--n", "0", "--out", str(tmp / "c")], "--n"),
         (["eval", "composition", "--concepts", missing, "--tables", "1", "--out", str(tmp / "c")], "missing"),
         (["eval", "composition", "--rows", "no_such_row"], "invalid choice"),
+        (["eval", "composition", "--realism", "1", "--out", str(tmp / "c")], "--realism: the distance needs"),
         # eval inference
         (["eval", "inference", "--out", str(tmp / "i")], "expected --ebm, --export-train or --train-regressor"),
         (["eval", "inference", "--ebm", missing + ".pt", "--out", str(tmp / "i")], "no such file"),

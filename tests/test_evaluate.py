@@ -363,6 +363,18 @@ def test_cli_end_to_end_on_tiny_models(tmp_path, concepts, capsys):
     assert "color by target:" in printed
 
 
+def test_cli_realism_keeps_every_sample_and_reports_the_distance(tmp_path, concepts, capsys):
+    d = save_concepts(tmp_path / "concepts", concepts)
+    out = tmp_path / "report"
+    assert eval_composition(["--n", "6", "--steps", "2", "--res", "32", "--batch-size", "4", "--concepts", str(d),
+                             "--tables", "1", "--rows", "color", "--realism", "8", "--out", str(out),
+                             "--seed", str(fresh_seed() % 1000)]) == 0
+    assert "realism" in capsys.readouterr().out
+    row = json.loads((out / "results.json").read_text())["rows"][0]
+    assert set(row["realism"]) == {"fd", "floor", "noise", "scaled"} and row["realism"]["fd"] > 0
+    assert "Realism of 6 samples" in (out / "report.md").read_text()
+
+
 def test_cli_names_missing_concepts(tmp_path, capsys):
     rc = eval_composition(["--n", "2", "--concepts", str(tmp_path / "none"), "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err

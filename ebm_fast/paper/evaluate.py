@@ -264,6 +264,7 @@ class RowResult:
     seconds: float
     confusion: dict[str, dict] = field(default_factory=dict)
     labels: list[str] = field(default_factory=list)  # one caption per kept image: its targets (tile_labels)
+    realism: dict | None = None  # ebm_fast.paper.realism.realism of the kept images, when measured
 
     def per_class(self, metric: str) -> dict[str, tuple[float, int]]:
         """``{target class: (fraction judged as that class, samples drawn for it)}`` of a class term."""
@@ -277,7 +278,10 @@ class RowResult:
     def to_dict(self) -> dict:
         return {"key": self.row.key, "label": self.row.label, "table": self.row.table, "n": self.n,
                 "metrics": self.metrics, "paper": dict(self.row.paper), "seconds": round(self.seconds, 3),
-                "confusion": self.confusion}
+                "confusion": self.confusion, **({"realism": self.realism} if self.realism is not None else {})}
+
+
+GRID_IMAGES = 64  # samples shown in a row's grid
 
 
 def evaluate_row(row: Row, concepts: Mapping, judges, n: int, *, sampler: Sampler | None = None,
@@ -421,12 +425,17 @@ def write_report(results: Sequence[RowResult], out: str | Path, info: Mapping | 
     for r in results:
         if len(r.images):
             vals = ", ".join(f"{m} {v:.2f}" for m, v in r.metrics.items())
-            save_image_grid(out / f"{r.row.key}.png", r.images, ncols=8, title=f"{r.row.label}: {vals}",
-                            labels=r.labels if len(r.labels) == len(r.images) else None)
+            shown = r.images[:GRID_IMAGES]
+            save_image_grid(out / f"{r.row.key}.png", shown, ncols=8, title=f"{r.row.label}: {vals}",
+                            labels=r.labels[:len(shown)] if len(r.labels) == len(r.images) else None)
             md += [f"## {r.row.label} (Table {r.row.table})", "",
                    f"![{r.row.label}]({r.row.key}.png)", "",
-                   f"{r.n} samples in {r.seconds:.1f} s; first {len(r.images)} shown, each captioned with its "
+                   f"{r.n} samples in {r.seconds:.1f} s; first {len(shown)} shown, each captioned with its "
                    "target(s) (`~`: negated, `|`: a term of a disjunction).", ""]
+            if r.realism is not None:
+                md += [f"Realism of {len(r.images)} samples: {r.realism['scaled']:.3f} (Fréchet distance of judge "
+                       f"features to fresh renders {r.realism['fd']:.2f}; renders {r.realism['floor']:.2f}, uniform "
+                       f"noise {r.realism['noise']:.2f}).", ""]
         md += confusion_markdown(r)
     payload = json.dumps({"info": info, "rows": [r.to_dict() for r in results]}, indent=2).encode()
     atomic_write(out / "results.json", lambda f: f.write(payload))
