@@ -146,7 +146,7 @@ def test_eval_diffusion_command_writes_grids_accuracy_realism_and_cost(tmp_path,
     model = EnergyUNet(VPSchedule(50), dc.SCENE_ATTRIBUTES, base=8, mults=(1, 2), emb=16)
     path = export_model(model, tmp_path / "m.pt", {"scene_config": {"resolution": 32}, "step": 0})
     out = tmp_path / "eval"
-    assert cli_main(["eval", "diffusion", "--model", str(path), "--settings", "shape&position&size&color",
+    assert cli_main(["eval", "diffusion", "--model", str(path), "--settings", "shape", "shape&position&size&color",
                      "--n", "3", "--levels", "2", "--realism", "6", "--grid", "2", "--out", str(out)]) == 0
     line = capsys.readouterr().out
     assert "shape&position&size&color: shape" in line and "realism" in line and "s/image" in line
@@ -156,3 +156,7 @@ def test_eval_diffusion_command_writes_grids_accuracy_realism_and_cost(tmp_path,
     r = res["realism"]["shape&position&size&color"]
     assert min(r["floor"], r["noise"], r["fd"]) > 0 and math.isfinite(r["scaled"]) and res["seconds_per_image"]["shape&position&size&color"] > 0
     assert (out / "shape_and_position_and_size_and_color.png").is_file()
+    from PIL import Image
+
+    fig4 = np.asarray(Image.open(out / "fig4.png"))  # two rows (shape; the four-way) of the 3 samples
+    assert fig4.shape[1] > fig4.shape[0] > 2 * 32 * 3

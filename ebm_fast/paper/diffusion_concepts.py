@@ -156,6 +156,8 @@ def parse_setting(setting: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return tuple(want), tuple(avoid)
 
 
+FIG4_ROWS = ("shape", "shape&position", "shape&position&size", "shape&position&size&color")
+FIG4_COLUMNS = 8
 SHIPPED_MODEL = Path(__file__).resolve().parent / "assets" / "diffusion_scenes32.pt"
 
 
@@ -274,6 +276,7 @@ def cmd_grid(args) -> int:
         results["realism_renders"] = {"n": args.realism, "seed": RENDER_SEED, "reference_seed": RENDER_SEED + 1}
         results["realism"] = {}
     results["seconds_per_image"] = {}
+    first: dict[str, np.ndarray] = {}  # the first samples of each setting, for the Fig. 4 figure
     data = None
     for setting in args.settings:  # one seed for all: a grid cell is the same start in every setting
         common = dict(guidance=args.guidance, levels=args.levels, correctors=args.correctors,
@@ -297,11 +300,17 @@ def cmd_grid(args) -> int:
             results["realism"][setting] = realism(judges, images, renders, reference, seed=args.seed)
             line += f" realism {results['realism'][setting]['scaled']:.3f}"
         u8 = (images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+        first[setting] = u8[:FIG4_COLUMNS]
         fname = setting.replace("&", "_and_").replace("|", "_or_").replace(":", "_").replace("~", "not_")
         save_image_grid(out / f"{fname}.png", u8[:args.grid], ncols=8, scale=3)
         print(f"{setting}: {line} ({results['seconds_per_image'][setting]:.2f} s/image)", flush=True)
         (out / "results.json").write_text(json.dumps(results, indent=1))  # after each setting: a long run shows progress
     (out / "results.json").write_text(json.dumps(results, indent=1))
+    rows = [r for r in FIG4_ROWS if r in first]
+    if len(rows) > 1:  # one start per column, one more concept per row (the paper's Fig. 4)
+        n_col = min(len(first[r]) for r in rows)
+        save_image_grid(out / "fig4.png", np.concatenate([first[r][:n_col] for r in rows]), ncols=n_col, scale=3,
+                        labels=[r.replace("&", " & ") if c == 0 else "" for r in rows for c in range(n_col)])
     return 0
 
 
