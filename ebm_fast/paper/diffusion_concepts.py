@@ -257,6 +257,8 @@ def cmd_grid(args) -> int:
 
     torch.set_num_threads(args.threads)
     model, meta = load_model(args.model, weights=args.weights)
+    if args.guidance is None:
+        args.guidance = float(meta.get("recommended", {}).get("guidance", 3.0))
     judges = Judges.load(args.judges)
     targets = eval_targets(args.n, args.seed)
     out = Path(args.out)
@@ -359,7 +361,8 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--realism", type=int, default=0,
                         help="fresh renders for the realism distance of each setting (0: skip; e.g. 512)")
     parser.add_argument("--seed", type=int, default=9001, help="evaluation seed (targets, starting noise, chains)")
-    parser.add_argument("--guidance", type=float, default=3.0)
+    parser.add_argument("--guidance", type=float, default=None,
+                        help="guidance weight of each concept (default: the model's recommended one, else 3)")
     parser.add_argument("--negation-weight", type=float, default=1.0, help="weight of a negated concept (~a)")
     parser.add_argument("--levels", type=int, default=50)
     parser.add_argument("--correctors", type=int, default=0)
