@@ -308,12 +308,23 @@ def cmd_grid(args) -> int:
         print(f"{setting}: {line} ({results['seconds_per_image'][setting]:.2f} s/image)", flush=True)
         (out / "results.json").write_text(json.dumps(results, indent=1))  # after each setting: a long run shows progress
     (out / "results.json").write_text(json.dumps(results, indent=1))
-    rows = [r for r in FIG4_ROWS if r in first]
-    if len(rows) > 1:  # one start per column, one more concept per row (the paper's Fig. 4)
-        n_col = min(len(first[r]) for r in rows)
-        save_image_grid(out / "fig4.png", np.concatenate([first[r][:n_col] for r in rows]), ncols=n_col, scale=3,
-                        labels=[r.replace("&", " & ") if c == 0 else "" for r in rows for c in range(n_col)])
+    save_fig4(out / "fig4.png", first)
     return 0
+
+
+def save_fig4(path, first: dict) -> Path | None:
+    """The paper's Fig. 4 from ``{setting: uint8 (k, H, W, 3) first samples}``: one row per
+    :data:`FIG4_ROWS` setting present (at least two), one start per column, the first tile of each row
+    captioned with the concept it adds. None when fewer than two rows are present."""
+    from ..image_grid import save_image_grid
+
+    rows = [r for r in FIG4_ROWS if r in first]
+    if len(rows) < 2:
+        return None
+    n_col = min(len(first[r]) for r in rows)
+    captions = [r if i == 0 else "+ " + r.split("&")[-1] for i, r in enumerate(rows)]
+    return save_image_grid(path, np.concatenate([first[r][:n_col] for r in rows]), ncols=n_col, scale=3,
+                           labels=[cap if c == 0 else "" for cap in captions for c in range(n_col)])
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
