@@ -160,3 +160,27 @@ def test_eval_diffusion_command_writes_grids_accuracy_realism_and_cost(tmp_path,
 
     fig4 = np.asarray(Image.open(out / "fig4.png"))  # two rows (shape; the four-way) of the 3 samples
     assert fig4.shape[1] > fig4.shape[0] > 2 * 32 * 3
+
+
+def test_concept_guidance_gives_a_weight_per_concept():
+    assert dc.parse_concept_guidance(["position=12", "color=4"]) == {"pos": 12.0, "color": 4.0}
+    assert dc.parse_concept_guidance([]) == {}
+    for bad, match in (("hue=3", "CONCEPT=W with CONCEPT in"), ("position", "CONCEPT=W"),
+                       ("position=x", "the weight is not a number")):
+        with pytest.raises(ValueError, match=match):
+            dc.parse_concept_guidance([bad])
+    torch.manual_seed(int(torch.randint(0, 2 ** 31, (1,))))
+    model = EnergyUNet(VPSchedule(100), dc.SCENE_ATTRIBUTES, base=8, mults=(1, 2), emb=16).requires_grad_(False)
+    import ebm_fast.diffusion as dfn
+    from unittest import mock
+
+    seen, original = {}, dfn.conjunction
+
+    def spy(model, conds, **kw):
+        seen.update(kw)
+        return original(model, conds, **kw)
+
+    with mock.patch.object(dfn, "conjunction", spy):
+        dc.judged_samples(model, "position&color", dc.eval_targets(2, 3), guidance=6.0, levels=2, correctors=0,
+                          step_scale=0.1, seed=1, judges=_Judges(), concept_guidance={"pos": 12.0})
+    assert seen["weights"] == [12.0, 6.0]

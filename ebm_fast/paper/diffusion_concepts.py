@@ -177,9 +177,25 @@ def eval_targets(n: int, seed: int) -> dict:
             "shape": torch.arange(n) % len(scenes.SHAPES), "size": lo + (hi - lo) * torch.rand(n, generator=g)}
 
 
+def parse_concept_guidance(items) -> dict[str, float]:
+    """``["position=9", "color=3"]`` -> ``{"pos": 9.0, "color": 3.0}`` (attribute names as packed)."""
+    out = {}
+    for item in items or ():
+        name, sep, value = str(item).partition("=")
+        if not sep or name not in ATTRIBUTE_OF:
+            raise ValueError(f"--concept-guidance: expected CONCEPT=W with CONCEPT in {sorted(ATTRIBUTE_OF)}, "
+                             f"got {item!r}")
+        try:
+            out[ATTRIBUTE_OF[name]] = float(value)
+        except ValueError:
+            raise ValueError(f"--concept-guidance: {item!r}: the weight is not a number") from None
+    return out
+
+
 def judged_samples(model, setting: str, targets: dict, *, guidance: float, levels: int, correctors: int,
                    step_scale: float, seed: int, judges, resolution: int = 32,
-                   t_min: int = 1, negation_weight: float = 1.0) -> tuple[torch.Tensor, dict]:
+                   t_min: int = 1, negation_weight: float = 1.0,
+                   concept_guidance: dict | None = None) -> tuple[torch.Tensor, dict]:
     """Images ``(n, 3, R, R)`` in [0, 1] drawn for the conjunction ``setting`` (:func:`parse_setting`),
     and the judged accuracy per wanted attribute, the fraction that shows each avoided one
     (``not_<attr>``, lower is better) and ``all`` (every wanted attribute right, no avoided one shown)."""
@@ -191,7 +207,8 @@ def judged_samples(model, setting: str, targets: dict, *, guidance: float, level
               "size": torch.as_tensor(size_to_model(targets["size"].numpy())).view(n, 1)}
     conds = [SCENE_ATTRIBUTES.pack({a: values[a]}, batch=n) for a in want]
     negated = [SCENE_ATTRIBUTES.pack({a: values[a]}, batch=n) for a in avoid]
-    expr = conjunction(model, conds, weights=guidance, negated=negated, negated_weights=negation_weight,
+    weights = [float((concept_guidance or {}).get(a, guidance)) for a in want]  # a weight per concept, if given
+    expr = conjunction(model, conds, weights=weights, negated=negated, negated_weights=negation_weight,
                        per_sample=True)
     g = torch.Generator().manual_seed(seed)
     x0 = torch.randn(n, model.config["channels"], resolution, resolution, generator=g)
@@ -267,6 +284,7 @@ def cmd_grid(args) -> int:
                "n": args.n, "seed": args.seed,
                "guidance": args.guidance, "levels": args.levels, "correctors": args.correctors,
                "step_scale": args.step_scale, "t_min": args.t_min, "negation_weight": args.negation_weight,
+               "concept_guidance": parse_concept_guidance(args.concept_guidance),
                "accuracy": {}}
     resolution = meta.get("scene_config", {}).get("resolution", 32)
     renders = None
@@ -292,7 +310,8 @@ def cmd_grid(args) -> int:
                 data = images_u8[-args.calibration_images:].float() / 127.5 - 1
             images, acc = judged_disjunction(model, setting, args.n, data=data, **common)
         else:
-            images, acc = judged_samples(model, setting, targets, negation_weight=args.negation_weight, **common)
+            images, acc = judged_samples(model, setting, targets, negation_weight=args.negation_weight,
+                                         concept_guidance=parse_concept_guidance(args.concept_guidance), **common)
         results["seconds_per_image"][setting] = (time.perf_counter() - start) / args.n
         results["accuracy"][setting] = acc
         line = " ".join(f"{a} {v:.3f}" for a, v in acc.items())
@@ -375,6 +394,9 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--guidance", type=float, default=None,
                         help="guidance weight of each concept (default: the model's recommended one, else 3)")
     parser.add_argument("--negation-weight", type=float, default=1.0, help="weight of a negated concept (~a)")
+    parser.add_argument("--concept-guidance", nargs="+", default=[], metavar="CONCEPT=W",
+                        help="a guidance weight for some concepts of a conjunction (e.g. position=9 color=3); "
+                             "the others take --guidance")
     parser.add_argument("--levels", type=int, default=50)
     parser.add_argument("--correctors", type=int, default=0)
     parser.add_argument("--step-scale", type=float, default=0.1)
