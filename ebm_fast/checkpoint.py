@@ -191,8 +191,7 @@ class CheckpointManager:
         keep = self.directory / f".{self.LAST}.{os.getpid()}.prev.tmp"
         try:
             if self.last.exists() and not self._last_is_bad:
-                keep.unlink(missing_ok=True)
-                try:
+                try:  # (a stale temporary of this name went with remove_orphans above)
                     os.link(self.last, keep)
                 except OSError:
                     shutil.copyfile(self.last, keep)

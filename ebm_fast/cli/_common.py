@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 __all__ = ["UsageError", "Parser", "command", "writable_file", "writable_dir", "existing_file", "set_threads",
-           "at_least"]
+           "at_least", "check_realism"]
 
 
 class UsageError(Exception):
@@ -126,3 +126,12 @@ def at_least(value, low, flag: str):
     if value is not None and value < low:
         raise UsageError(f"{flag}: expected a number >= {low}, got {value}")
     return value
+
+
+def check_realism(renders: int, samples: int, unit: str) -> None:
+    """``--realism RENDERS`` with ``--n SAMPLES`` per ``unit``: 0 (off), or at least 2 of each (a Fréchet
+    distance needs two rows a set); a UsageError otherwise."""
+    at_least(renders, 0, "--realism")
+    if renders and (renders < 2 or samples < 2):
+        raise UsageError(f"--realism: the distance needs at least 2 renders and 2 samples a {unit}, got "
+                         f"--realism {renders} and --n {samples}")

@@ -10,7 +10,7 @@ import torch
 
 from ..chains import concepts_resolution, resolve_device
 from ..progress import say
-from ._common import Parser, UsageError, at_least, command, set_threads, writable_dir
+from ._common import Parser, at_least, check_realism, command, set_threads, writable_dir
 
 
 def _parser() -> Parser:
@@ -45,10 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     set_threads(args.threads)
     at_least(args.n, 1, "--n")
-    at_least(args.realism, 0, "--realism")
-    if args.realism and (args.realism < 2 or args.n < 2):
-        raise UsageError(f"--realism: the distance needs at least 2 renders and 2 samples a row, got "
-                         f"--realism {args.realism} and --n {args.n}")
+    check_realism(args.realism, args.n, "row")
     device = resolve_device(args.device)
     writable_dir(args.out, "--out")
     rows = [ROWS[k] for k in args.rows] if args.rows else [r for r in TABLE1 + TABLE2 if r.table in args.tables]
@@ -86,16 +83,15 @@ def main(argv: list[str] | None = None) -> int:
                        seed=args.seed, alpha=args.alpha, temperature=args.temperature,
                        **({"keep_images": args.n} if args.realism else {}))
     if args.realism:
-        from ..paper.realism import RENDER_SEED, fresh_renders, realism
+        from ..paper.realism import realism, render_references
 
-        renders = fresh_renders(args.realism, results[0].images.shape[1], seed=RENDER_SEED)
-        reference = fresh_renders(args.n, results[0].images.shape[1], seed=RENDER_SEED + 1)
+        renders, reference, info["realism_renders"] = render_references(args.realism, args.n,
+                                                                        results[0].images.shape[1])
         for r in results:
             r.realism = realism(judges, torch.from_numpy(r.images).permute(0, 3, 1, 2).float() / 255, renders,
                                 reference, seed=args.seed)
             say(f"  {r.row.label}: realism {r.realism['scaled']:.3f} (Frechet distance {r.realism['fd']:.2f}; "
                 f"renders {r.realism['floor']:.2f}, noise {r.realism['noise']:.2f})")
-        info["realism_renders"] = {"n": args.realism, "seed": RENDER_SEED, "reference_seed": RENDER_SEED + 1}
     print(format_table(results))
     path = write_report(results, args.out, info)
     print(f"wrote {path}")

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from ._common import Parser, UsageError, at_least, command, existing_file, writable_dir
+from ._common import Parser, at_least, check_realism, command, existing_file, writable_dir
 
 
 def _parser() -> Parser:
@@ -21,15 +21,13 @@ def _parser() -> Parser:
 @command("eval diffusion")
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from ..paper.diffusion_concepts import cmd_grid
+    from ..paper.diffusion_concepts import cmd_grid, parse_concept_guidance
 
     existing_file(args.model, "--model")
     at_least(args.n, 1, "--n")
     at_least(args.grid, 1, "--grid")
-    at_least(args.realism, 0, "--realism")
-    if args.realism and (args.realism < 2 or args.n < 2):
-        raise UsageError(f"--realism: the distance needs at least 2 renders and 2 samples a setting, got "
-                         f"--realism {args.realism} and --n {args.n}")
+    check_realism(args.realism, args.n, "setting")
+    parse_concept_guidance(args.concept_guidance)  # a mistake in it ends here, before the model loads
     if args.judges is not None:
         existing_file(args.judges, "--judges")
     writable_dir(args.out, "--out")

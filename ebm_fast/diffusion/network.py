@@ -209,10 +209,12 @@ def _check_homography(name: str, h) -> list[list[float]]:
     return m.tolist()
 
 
-def spatial_maps(cond: Tensor, spec: CondSpec, homographies: Mapping[str, Sequence[Sequence[float]]],
+def spatial_maps(cond: Tensor, spec: CondSpec, homographies: Mapping[str, Tensor | Sequence[Sequence[float]]],
                  height: int, width: int, sigma: float) -> Tensor:
     """``(B, len(homographies), height, width)`` Gaussian bumps of width ``sigma`` at each spatial
-    attribute's image position (see the module docstring), times its present flag."""
+    attribute's image position (see the module docstring), times its present flag. A homography given
+    as a tensor on ``cond``'s device and dtype is used as it is (no host copy: safe in a captured
+    CUDA graph)."""
     B = cond.shape[0]
     sl = spec.slices()
     names = spec.names
@@ -367,6 +369,9 @@ class EnergyUNet(TimeEnergy):
         if not (float(spatial_sigma) > 0):
             raise ValueError(f"spatial_sigma: expected a width > 0, got {spatial_sigma!r}")
         self.spatial = spatial
+        # the homographies as a buffer: they move with the model and cost no host copy per forward
+        self.register_buffer("spatial_h", torch.tensor([spatial[k] for k in spatial], dtype=torch.float32)
+                             .reshape(len(spatial), 3, 3), persistent=False)
         self.spatial_sigma = float(spatial_sigma)
         self._init_embeddings(emb)
         self.inp = nn.Conv2d(channels + len(spatial), base, 3, padding=1)
@@ -406,7 +411,8 @@ class EnergyUNet(TimeEnergy):
         if self.spatial:
             c = cond if cond is not None else torch.zeros(x.shape[0], self.cond_spec.width, device=x.device,
                                                           dtype=x.dtype)
-            x = torch.cat([x, spatial_maps(c.to(x.dtype), self.cond_spec, self.spatial, x.shape[-2], x.shape[-1],
+            homs = {k: self.spatial_h[i].to(x.dtype) for i, k in enumerate(self.spatial)}
+            x = torch.cat([x, spatial_maps(c.to(x.dtype), self.cond_spec, homs, x.shape[-2], x.shape[-1],
                                            self.spatial_sigma)], dim=1)
         h = self.inp(x)
         hs = [h]

@@ -276,6 +276,7 @@ def cmd_grid(args) -> int:
     model, meta = load_model(args.model, weights=args.weights)
     if args.guidance is None:
         args.guidance = float(meta.get("recommended", {}).get("guidance", 3.0))
+    concept_guidance = parse_concept_guidance(args.concept_guidance)
     judges = Judges.load(args.judges)
     targets = eval_targets(args.n, args.seed)
     out = Path(args.out)
@@ -284,16 +285,14 @@ def cmd_grid(args) -> int:
                "n": args.n, "seed": args.seed,
                "guidance": args.guidance, "levels": args.levels, "correctors": args.correctors,
                "step_scale": args.step_scale, "t_min": args.t_min, "negation_weight": args.negation_weight,
-               "concept_guidance": parse_concept_guidance(args.concept_guidance),
+               "concept_guidance": concept_guidance,
                "accuracy": {}}
     resolution = meta.get("scene_config", {}).get("resolution", 32)
     renders = None
     if args.realism:
-        from .realism import RENDER_SEED, fresh_renders
+        from .realism import render_references
 
-        renders = fresh_renders(args.realism, resolution, seed=RENDER_SEED)
-        reference = fresh_renders(args.n, resolution, seed=RENDER_SEED + 1)
-        results["realism_renders"] = {"n": args.realism, "seed": RENDER_SEED, "reference_seed": RENDER_SEED + 1}
+        renders, reference, results["realism_renders"] = render_references(args.realism, args.n, resolution)
         results["realism"] = {}
     results["seconds_per_image"] = {}
     first: dict[str, np.ndarray] = {}  # the first samples of each setting, for the Fig. 4 figure
@@ -311,7 +310,7 @@ def cmd_grid(args) -> int:
             images, acc = judged_disjunction(model, setting, args.n, data=data, **common)
         else:
             images, acc = judged_samples(model, setting, targets, negation_weight=args.negation_weight,
-                                         concept_guidance=parse_concept_guidance(args.concept_guidance), **common)
+                                         concept_guidance=concept_guidance, **common)
         results["seconds_per_image"][setting] = (time.perf_counter() - start) / args.n
         results["accuracy"][setting] = acc
         line = " ".join(f"{a} {v:.3f}" for a, v in acc.items())

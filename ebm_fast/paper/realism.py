@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["RENDER_SEED", "frechet_distance", "fresh_renders", "realism"]
+__all__ = ["RENDER_SEED", "frechet_distance", "fresh_renders", "realism", "render_references"]
 
 RENDER_SEED = 424242  # a scenes seed kept out of every training set
 
@@ -58,3 +58,11 @@ def realism(judges, samples: Tensor, renders: Tensor, reference: Tensor, seed: i
     floor = frechet_distance(judges.features(reference), f_r)
     noise = frechet_distance(judges.features(torch.rand(samples.shape, generator=g)), f_r)
     return {"fd": fd, "floor": floor, "noise": noise, "scaled": (fd - floor) / (noise - floor)}
+
+
+def render_references(n_renders: int, n_samples: int, resolution: int = 32) -> tuple[Tensor, Tensor, dict]:
+    """``(renders, reference, info)`` for :func:`realism` of sample sets of ``n_samples``: ``n_renders``
+    renders of :data:`RENDER_SEED`, ``n_samples`` of the next seed, and a record of both for a report."""
+    renders = fresh_renders(n_renders, resolution, seed=RENDER_SEED)
+    reference = fresh_renders(n_samples, resolution, seed=RENDER_SEED + 1)
+    return renders, reference, {"n": n_renders, "seed": RENDER_SEED, "reference_seed": RENDER_SEED + 1}
